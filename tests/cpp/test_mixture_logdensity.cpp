@@ -1,0 +1,199 @@
+// C++ unit tests for the CPU kernels, against a naive double-precision reference written here.
+// Built and run by CMake/ctest without Python or torch.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernel_table.h"
+
+namespace {
+
+using tcestim::cpu::BackwardArgs;
+using tcestim::cpu::ForwardArgs;
+using tcestim::cpu::Isa;
+
+int g_failures = 0;
+Isa g_isa = Isa::kDefault;
+
+void expect_close(const char* what, double got, double want, double rtol, double atol) {
+  if (!(std::fabs(got - want) <= atol + rtol * std::fabs(want))) {
+    std::printf("FAIL %s: got %.17g want %.17g\n", what, got, want);
+    ++g_failures;
+  }
+}
+
+struct Problem {
+  int64_t M, K, D;
+  std::vector<double> z, mu, logvar, logw;  // logw is the dense (M, K) natural-log matrix
+};
+
+Problem make_problem(int64_t M, int64_t K, int64_t D, unsigned seed, bool structured,
+                     double ls, double ln, double lo) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  Problem p{M, K, D, {}, {}, {}, {}};
+  for (int64_t k = 0; k < M * D; ++k) p.z.push_back(normal(rng));
+  for (int64_t k = 0; k < K * D; ++k) p.mu.push_back(normal(rng));
+  for (int64_t k = 0; k < K * D; ++k) p.logvar.push_back(0.5 * normal(rng) - 0.5);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < K; ++j) {
+      if (structured) {
+        const int64_t next = (i + 1) % M;
+        p.logw.push_back(j == i ? ls : (j == next ? ln : lo));
+      } else {
+        p.logw.push_back(0.3 * normal(rng) - std::log(double(K)));
+      }
+    }
+  return p;
+}
+
+double log_normal(double z, double mu, double logvar) {
+  return -0.5 * (std::log(2 * M_PI) + logvar + (z - mu) * (z - mu) * std::exp(-logvar));
+}
+
+double logsumexp(const std::vector<double>& v) {
+  double m = -INFINITY;
+  for (double x : v) m = std::max(m, x);
+  double s = 0;
+  for (double x : v) s += std::exp(x - m);
+  return m + std::log(s);
+}
+
+// Reference forward and the scalar loss L = sum_i a_i log_qz[i] + sum_id b_id log_qzd[i,d].
+void reference_forward(const Problem& p, std::vector<double>& lqz, std::vector<double>& lqzd) {
+  lqz.assign(p.M, 0);
+  lqzd.assign(p.M * p.D, 0);
+  for (int64_t i = 0; i < p.M; ++i) {
+    std::vector<double> joint(p.K);
+    for (int64_t j = 0; j < p.K; ++j) {
+      joint[j] = p.logw[i * p.K + j];
+      for (int64_t d = 0; d < p.D; ++d)
+        joint[j] += log_normal(p.z[i * p.D + d], p.mu[j * p.D + d], p.logvar[j * p.D + d]);
+    }
+    lqz[i] = logsumexp(joint);
+    for (int64_t d = 0; d < p.D; ++d) {
+      std::vector<double> marg(p.K);
+      for (int64_t j = 0; j < p.K; ++j)
+        marg[j] = p.logw[i * p.K + j] +
+                  log_normal(p.z[i * p.D + d], p.mu[j * p.D + d], p.logvar[j * p.D + d]);
+      lqzd[i * p.D + d] = logsumexp(marg);
+    }
+  }
+}
+
+// Two uneven chunks, to exercise the task split.
+const tcestim::cpu::ParallelFor serial = [](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  fn(0, n / 3);
+  fn(n / 3, n);
+};
+
+template <typename T>
+std::vector<T> cast(const std::vector<double>& v) {
+  return std::vector<T>(v.begin(), v.end());
+}
+
+template <typename T>
+void check_forward(const std::string& name, const Problem& p, bool structured, double ls, double ln,
+                   double lo, double rtol, double atol) {
+  std::vector<double> want_qz, want_qzd;
+  reference_forward(p, want_qz, want_qzd);
+  auto z = cast<T>(p.z), mu = cast<T>(p.mu), lv = cast<T>(p.logvar), lw = cast<T>(p.logw);
+  std::vector<T> qz(p.M), qzd(p.M * p.D);
+  const ForwardArgs<T> args{z.data(), mu.data(), lv.data(), structured ? nullptr : lw.data(),
+                            p.M, p.K, p.D, ls, ln, lo, qz.data(), qzd.data()};
+  tcestim::cpu::kernels<T>(g_isa).forward(args, serial);
+  for (int64_t i = 0; i < p.M; ++i) expect_close((name + " log_qz").c_str(), qz[i], want_qz[i], rtol, atol);
+  for (int64_t k = 0; k < p.M * p.D; ++k)
+    expect_close((name + " log_qzd").c_str(), qzd[k], want_qzd[k], rtol, atol);
+}
+
+// Backward in double against central finite differences of the reference forward.
+void check_backward(const std::string& name, Problem p, bool structured, double ls, double ln, double lo) {
+  std::mt19937 rng(7);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::vector<double> a(p.M), b(p.M * p.D);
+  for (auto& x : a) x = normal(rng);
+  for (auto& x : b) x = normal(rng);
+  auto loss = [&](const Problem& q) {
+    std::vector<double> lqz, lqzd;
+    reference_forward(q, lqz, lqzd);
+    double s = 0;
+    for (int64_t i = 0; i < q.M; ++i) s += a[i] * lqz[i];
+    for (int64_t k = 0; k < q.M * q.D; ++k) s += b[k] * lqzd[k];
+    return s;
+  };
+  std::vector<double> lqz, lqzd;
+  reference_forward(p, lqz, lqzd);
+  std::vector<double> gz(p.M * p.D), gmu(p.K * p.D), glv(p.K * p.D), glw(p.M * p.K);
+  const BackwardArgs<double> args{a.data(), b.data(), p.z.data(), p.mu.data(), p.logvar.data(),
+                                   structured ? nullptr : p.logw.data(), lqz.data(), lqzd.data(),
+                                   p.M, p.K, p.D, ls, ln, lo, gz.data(), gmu.data(), glv.data(),
+                                   structured ? nullptr : glw.data()};
+  tcestim::cpu::kernels<double>(g_isa).backward(args, serial);
+  const double h = 1e-6;
+  auto fd = [&](std::vector<double> Problem::*field, int64_t k) {
+    Problem plus = p, minus = p;
+    (plus.*field)[k] += h;
+    (minus.*field)[k] -= h;
+    return (loss(plus) - loss(minus)) / (2 * h);
+  };
+  for (int64_t k = 0; k < p.M * p.D; ++k) expect_close((name + " grad_z").c_str(), gz[k], fd(&Problem::z, k), 1e-6, 1e-7);
+  for (int64_t k = 0; k < p.K * p.D; ++k) {
+    expect_close((name + " grad_mu").c_str(), gmu[k], fd(&Problem::mu, k), 1e-6, 1e-7);
+    expect_close((name + " grad_logvar").c_str(), glv[k], fd(&Problem::logvar, k), 1e-6, 1e-7);
+  }
+  if (!structured)
+    for (int64_t k = 0; k < p.M * p.K; ++k)
+      expect_close((name + " grad_logw").c_str(), glw[k], fd(&Problem::logw, k), 1e-6, 1e-7);
+}
+
+}  // namespace
+
+void run_all_checks() {
+  const double ls = std::log(0.01), ln = std::log(0.3), lo = std::log(0.05);
+  // Sizes straddle the lane width (8 doubles, 16 floats); M != K; D == 1.
+  const int64_t sizes[][3] = {{1, 1, 1}, {5, 7, 3}, {17, 17, 4}, {33, 20, 1}, {9, 40, 11}};
+  for (const auto& s : sizes) {
+    for (bool structured : {true, false}) {
+      const std::string name = std::string(structured ? "structured" : "dense") + " M=" +
+                               std::to_string(s[0]) + " K=" + std::to_string(s[1]) +
+                               " D=" + std::to_string(s[2]);
+      Problem p = make_problem(s[0], s[1], s[2], 1234u + unsigned(s[0]), structured, ls, ln, lo);
+      check_forward<double>(name + " f64", p, structured, ls, ln, lo, 1e-12, 1e-12);
+      check_forward<float>(name + " f32", p, structured, ls, ln, lo, 2e-6, 2e-5);
+      if (s[0] * s[1] * s[2] <= 800) check_backward(name + " f64", p, structured, ls, ln, lo);
+    }
+  }
+  // A zero weight everywhere gives -inf (empty mixture), not NaN.
+  {
+    Problem p = make_problem(3, 4, 2, 9u, true, -INFINITY, -INFINITY, -INFINITY);
+    std::vector<double> qz(3), qzd(6);
+    const ForwardArgs<double> args{p.z.data(), p.mu.data(), p.logvar.data(), nullptr, 3, 4, 2,
+                                   -INFINITY, -INFINITY, -INFINITY, qz.data(), qzd.data()};
+    tcestim::cpu::kernels<double>(g_isa).forward(args, serial);
+    for (double v : qz) if (!(std::isinf(v) && v < 0)) { std::printf("FAIL all -inf weights: %g\n", v); ++g_failures; }
+    for (double v : qzd) if (!(std::isinf(v) && v < 0)) { std::printf("FAIL all -inf weights: %g\n", v); ++g_failures; }
+  }
+}
+
+int main() {
+  for (Isa isa : {Isa::kDefault, Isa::kAvx2, Isa::kAvx512}) {
+    if (!tcestim::cpu::isa_supported(isa)) {
+      std::printf("skip %s: not supported here\n", tcestim::cpu::isa_name(isa));
+      continue;
+    }
+    g_isa = isa;
+    const int before = g_failures;
+    run_all_checks();
+    std::printf("%s: %s\n", tcestim::cpu::isa_name(isa), g_failures == before ? "passed" : "FAILED");
+  }
+  if (g_failures) {
+    std::printf("%d failures\n", g_failures);
+    return 1;
+  }
+  return 0;
+}
