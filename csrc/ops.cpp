@@ -1,0 +1,54 @@
+// Operator schemas of the tcestim library and the Python module that loads them.
+//
+// Shapes: z (M, D) queries; mu, logvar (K, D) diagonal-Gaussian components; log_weights (M, K).
+// Structured weights: logw[i,j] = log_self if j == i, log_next if j == (i+1) mod M, else log_other.
+// Outputs: log_qz (M,) joint and log_qzd (M, D) per-dimension mixture log-densities, in nats.
+#include <Python.h>
+#include <torch/library.h>
+
+#include "cpu/kernel_table.h"
+
+TORCH_LIBRARY(tcestim, m) {
+  m.def("mixture_logdensity(Tensor z, Tensor mu, Tensor logvar, float log_self, float log_next, "
+        "float log_other) -> (Tensor, Tensor)");
+  m.def("mixture_logdensity_dense(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights) "
+        "-> (Tensor, Tensor)");
+  m.def("mixture_logdensity_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, Tensor mu, "
+        "Tensor logvar, Tensor log_qz, Tensor log_qzd, float log_self, float log_next, "
+        "float log_other) -> (Tensor, Tensor, Tensor)");
+  m.def("mixture_logdensity_dense_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, "
+        "Tensor mu, Tensor logvar, Tensor log_weights, Tensor log_qz, Tensor log_qzd) "
+        "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("cpu_isa() -> str");
+  m.def("set_cpu_isa(str name) -> ()");
+}
+
+namespace {
+
+std::string cpu_isa() { return tcestim::cpu::isa_name(tcestim::cpu::active_isa()); }
+
+void set_cpu_isa(const std::string& name) {
+  using tcestim::cpu::Isa;
+  for (Isa isa : {Isa::kDefault, Isa::kAvx2, Isa::kAvx512}) {
+    if (name == tcestim::cpu::isa_name(isa)) {
+      TORCH_CHECK(tcestim::cpu::isa_supported(isa), "set_cpu_isa: '", name,
+                  "' is not supported by this CPU or build");
+      tcestim::cpu::set_active_isa(isa);
+      return;
+    }
+  }
+  TORCH_CHECK(false, "set_cpu_isa: name must be one of 'default', 'avx2', 'avx512', got '", name, "'");
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tcestim, CompositeExplicitAutograd, m) {
+  m.impl("cpu_isa", &cpu_isa);
+  m.impl("set_cpu_isa", &set_cpu_isa);
+}
+
+// Importing tcestim._C registers the operators above (torch.ops.tcestim.*).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

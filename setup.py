@@ -1,0 +1,44 @@
+"""Builds tcestim._C: the CPU kernels always; the CUDA kernels where torch has CUDA and CUDA_HOME is set.
+
+Override with TCESTIM_CUDA=0/1. Never decided by torch.cuda.is_available(): a build host without a
+GPU must still build the CUDA kernels when its torch has CUDA.
+"""
+import glob
+import os
+
+from setuptools import setup
+import torch
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def want_cuda() -> bool:
+    override = os.environ.get("TCESTIM_CUDA")
+    if override is not None:
+        return override not in ("0", "", "false", "False")
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+
+
+def extension():
+    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    cxx_flags = ["-O3", "-Wall", "-Wno-psabi", "-fno-math-errno"]
+    kwargs = dict(
+        name="tcestim._C",
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+    )
+    cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
+    if want_cuda() and cuda_sources:
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
+        kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math"]
+        kwargs["define_macros"] = [("TCESTIM_WITH_CUDA", "1")]
+        return cpp_extension.CUDAExtension(sources=sources + cuda_sources, **kwargs)
+    return cpp_extension.CppExtension(sources=sources, **kwargs)
+
+
+setup(
+    ext_modules=[extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension},
+)

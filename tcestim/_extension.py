@@ -1,0 +1,53 @@
+"""Loads the compiled operators (tcestim._C) and says which backend serves which device."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+_LOAD_ERROR: Exception | None = None
+
+try:
+    from tcestim import _C  # noqa: F401  (importing registers torch.ops.tcestim.*)
+except ImportError as error:  # pragma: no cover - exercised only on broken installs
+    _LOAD_ERROR = error
+    if os.environ.get("TCESTIM_REQUIRE_EXTENSION", "0") not in ("0", ""):
+        raise ImportError(
+            "tcestim: the compiled extension tcestim._C failed to load and TCESTIM_REQUIRE_EXTENSION "
+            f"is set: {error}"
+        ) from error
+    warnings.warn(
+        f"tcestim: compiled extension unavailable ({error}); using the slower pure-PyTorch path",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+
+
+def extension_available() -> bool:
+    """True when the compiled operators (fused CPU kernels) are loaded."""
+    return _LOAD_ERROR is None
+
+
+def has_fused_kernel(device: torch.device) -> bool:
+    """True when a fused kernel is registered for tensors on ``device``."""
+    if not extension_available():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "tcestim::mixture_logdensity", key
+    )
+
+
+def cpu_isa() -> str:
+    """Instruction set the CPU kernels run with: 'avx512', 'avx2' or 'default'."""
+    if not extension_available():
+        raise RuntimeError("tcestim: the compiled extension is not loaded")
+    return torch.ops.tcestim.cpu_isa()
+
+
+def set_cpu_isa(name: str) -> None:
+    """Select the CPU kernels' instruction set ('avx512', 'avx2', 'default'); for benchmarks and tests."""
+    if not extension_available():
+        raise RuntimeError("tcestim: the compiled extension is not loaded")
+    torch.ops.tcestim.set_cpu_isa(name)

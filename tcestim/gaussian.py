@@ -1,0 +1,57 @@
+"""Closed-form Gaussian quantities: diagonal log-densities and total correlation of N(m, S)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tcestim._validation import check_matrix, check_tensor
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def log_normal_diag(x: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mean, exp(logvar)) in nats (broadcasting)."""
+    return -0.5 * (LOG_2PI + logvar + (x - mean).square() * torch.exp(-logvar))
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(z; 0, 1) in nats."""
+    return -0.5 * (LOG_2PI + z.square())
+
+
+def gaussian_total_correlation(cov: torch.Tensor) -> torch.Tensor:
+    """TC of N(m, cov) in nats: 0.5 * (sum_d log cov_dd - log det cov).
+
+    Args:
+        cov: (..., D, D) symmetric positive-definite covariance(s).
+
+    Returns:
+        (...) total correlation, >= 0, zero iff cov is diagonal.
+    """
+    cov = check_tensor("cov", cov)
+    if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2] or cov.shape[-1] == 0:
+        raise ValueError(f"cov must have shape (..., D, D) with D >= 1, got {tuple(cov.shape)}")
+    chol, info = torch.linalg.cholesky_ex(cov.to(torch.float64) if cov.dtype in (torch.float16, torch.bfloat16) else cov)
+    if bool((info != 0).any()):
+        raise ValueError("cov must be symmetric positive definite (its Cholesky factorisation failed)")
+    log_det = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+    log_diag = torch.log(torch.diagonal(cov, dim1=-2, dim2=-1)).sum(-1)
+    return 0.5 * (log_diag.to(log_det.dtype) - log_det)
+
+
+def gaussian_tc_of_means(mu: torch.Tensor) -> torch.Tensor:
+    """TC of N(0, Cov(mu)) in nats: the "TC of the mean representation" (Locatello et al. 2019).
+
+    Args:
+        mu: (B, D) encoder means; Cov is the unbiased sample covariance over the batch, so B > D.
+
+    Returns:
+        Scalar tensor, differentiable with respect to mu.
+    """
+    mu = check_matrix("mu", mu, "(B, D)")
+    B, D = mu.shape
+    if B <= D:
+        raise ValueError(f"mu needs more rows than columns (B > D) for a non-singular covariance, "
+                         f"got shape {tuple(mu.shape)}")
+    return gaussian_total_correlation(torch.cov(mu.T).reshape(D, D))

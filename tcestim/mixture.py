@@ -1,0 +1,77 @@
+"""Log-densities of a diagonal-Gaussian mixture at query points: the hot path of every estimator.
+
+    log_qz[i]    = logsumexp_j( logw[i,j] + sum_d log N(z[i,d]; mu[j,d], exp(logvar[j,d])) )
+    log_qzd[i,d] = logsumexp_j( logw[i,j] + log N(z[i,d]; mu[j,d], exp(logvar[j,d])) )
+
+The fused kernels never store the (M, K, D) cube of log N terms.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tcestim import _fallback
+from tcestim._extension import has_fused_kernel
+from tcestim._validation import check_matrix, check_same_dtype_device, compute_dtype
+from tcestim.weights import StructuredLogWeights
+
+
+def _as_log_weights(log_weights, M: int, K: int):
+    if log_weights is None:
+        return StructuredLogWeights.constant(-math.log(K))
+    if isinstance(log_weights, StructuredLogWeights):
+        return StructuredLogWeights(*(float(w) for w in log_weights))
+    if isinstance(log_weights, (int, float)) and not isinstance(log_weights, bool):
+        return StructuredLogWeights.constant(float(log_weights))
+    if isinstance(log_weights, torch.Tensor):
+        if log_weights.shape != (M, K):
+            raise ValueError(
+                f"log_weights must have shape (M, K) = ({M}, {K}), got {tuple(log_weights.shape)}")
+        if not log_weights.is_floating_point():
+            raise TypeError(f"log_weights must have a floating dtype, got {log_weights.dtype}")
+        return log_weights
+    raise TypeError("log_weights must be None, a float, a StructuredLogWeights or an (M, K) tensor, "
+                    f"got {type(log_weights).__name__}")
+
+
+def mixture_logdensity(z, mu, logvar, log_weights):
+    """Unchecked core: inputs already validated and of one floating dtype (float32/float64)."""
+    if has_fused_kernel(z.device):
+        if isinstance(log_weights, torch.Tensor):
+            return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
+        return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)
+    return _fallback.mixture_logdensity(z, mu, logvar, log_weights)
+
+
+def log_aggregate_posterior(z, mu, logvar, *, log_weights=None):
+    """Joint and per-dimension log-densities of a weighted diagonal-Gaussian mixture at ``z``.
+
+    Args:
+        z: (M, D) query points.
+        mu, logvar: (K, D) component means and log-variances.
+        log_weights: natural-log mixture weights of row i on component j. One of
+            ``None`` (uniform, 1/K: the aggregate posterior of K stored encodings),
+            a float (the same log-weight everywhere),
+            :class:`tcestim.StructuredLogWeights` (self / next / other, no matrix), or
+            an (M, K) tensor (dense; slower, and differentiable).
+
+    Returns:
+        ``(log_qz, log_qzd)``: (M,) joint log q(z_i) and (M, D) marginal log q(z_id), in nats.
+        float16/bfloat16 inputs are computed and returned in float32.
+    """
+    check_matrix("z", z, "(M, D)")
+    check_matrix("mu", mu, "(K, D)")
+    check_matrix("logvar", logvar, "(K, D)")
+    if logvar.shape != mu.shape:
+        raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
+    if z.shape[1] != mu.shape[1]:
+        raise ValueError(f"z must have D = {mu.shape[1]} columns like mu, got shape {tuple(z.shape)}")
+    check_same_dtype_device(z=z, mu=mu, logvar=logvar)
+    weights = _as_log_weights(log_weights, z.shape[0], mu.shape[0])
+    dtype = compute_dtype(z.dtype)
+    if isinstance(weights, torch.Tensor):
+        if weights.device != z.device:
+            raise ValueError(f"log_weights must be on the device of z ({z.device}), got {weights.device}")
+        weights = weights.to(dtype)
+    return mixture_logdensity(z.to(dtype), mu.to(dtype), logvar.to(dtype), weights)

@@ -1,0 +1,97 @@
+"""Mixture weights of the minibatch estimators (DESIGN.md section 3), as natural-log weights.
+
+B is the batch size, N the dataset size. Row i weights component j of the batch.
+
+================  ===========  =========================  =====================
+estimator         self j == i  next j == i + 1 (mod B)    other
+================  ===========  =========================  =====================
+``stratified``    1/N          (N - 1) / (N (B - 1))      (N - 1) / (N (B - 1))
+``mss``           1/N          (N - B + 1) / (N (B - 1))  1 / (B - 1)
+``mws``           1/(N B)      1/(N B)                    1/(N B)
+``mss-legacy``    dense matrix of the reference β-TCVAE code (1/N down column 0, not the diagonal)
+================  ===========  =========================  =====================
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+ESTIMATORS = ("stratified", "mss", "mws", "mss-legacy")
+"""Names accepted by ``estimator=``; "stratified" is the default."""
+
+# Estimators whose weights need at least two batch members (they single out the query itself).
+_NEED_TWO = ("stratified", "mss", "mss-legacy")
+
+
+class StructuredLogWeights(NamedTuple):
+    """Natural-log mixture weights that need no (M, K) matrix.
+
+    ``log w[i, j] = self`` if ``j == i``, ``next`` if ``j == (i + 1) mod M``, ``other`` otherwise.
+    """
+
+    self: float
+    next: float
+    other: float
+
+    @classmethod
+    def constant(cls, log_weight: float) -> "StructuredLogWeights":
+        return cls(log_weight, log_weight, log_weight)
+
+
+def check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+
+
+def resolve_dataset_size(dataset_size, batch_size: int) -> int:
+    """N from the user's ``dataset_size`` (None means the batch is the whole population)."""
+    if dataset_size is None:
+        return batch_size
+    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
+        raise TypeError(f"dataset_size must be an int or None, got {type(dataset_size).__name__}")
+    if dataset_size < batch_size:
+        raise ValueError(
+            f"dataset_size must be >= the batch size {batch_size}, got {dataset_size}")
+    return dataset_size
+
+
+def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | None = None,
+                          *, dtype: torch.dtype = torch.float64, device=None):
+    """Log-weights of ``estimator`` for a batch of ``batch_size`` drawn from ``dataset_size`` points.
+
+    Returns a :class:`StructuredLogWeights`, or for ``"mss-legacy"`` a dense (B, B) tensor.
+    """
+    check_estimator(estimator)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    B = batch_size
+    N = resolve_dataset_size(dataset_size, B)
+    if estimator in _NEED_TWO and B < 2:
+        raise ValueError(f"estimator {estimator!r} needs a batch size of at least 2, got {B}")
+    if estimator == "mws":
+        return StructuredLogWeights.constant(-math.log(N) - math.log(B))
+    if estimator == "stratified":
+        other = math.log(N - 1) - math.log(N) - math.log(B - 1)
+        return StructuredLogWeights(-math.log(N), other, other)
+    if estimator == "mss":
+        return StructuredLogWeights(-math.log(N), math.log(N - B + 1) - math.log(N) - math.log(B - 1),
+                                    -math.log(B - 1))
+    return legacy_mss_log_weights(B, N, dtype=dtype, device=device)
+
+
+def legacy_mss_log_weights(batch_size: int, dataset_size: int, *, dtype=torch.float64, device=None):
+    """The (B, B) log-weight matrix of the reference β-TCVAE code, bug included.
+
+    Its flat-stride assignments put 1/N down column 0 instead of the diagonal. Use only to
+    reproduce published numbers: it caps the MI estimate near log(B - 1) and biases TC upward.
+    """
+    B, N = batch_size, dataset_size
+    strat = (N - B + 1) / (N * (B - 1))
+    w = torch.full((B, B), 1.0 / (B - 1), dtype=torch.float64)
+    flat = w.view(-1)
+    flat[::B] = 1.0 / N
+    flat[1::B] = strat
+    w[B - 2, 0] = strat
+    return w.log().to(dtype=dtype, device=device)
