@@ -29,14 +29,21 @@ def extension_available() -> bool:
     return _LOAD_ERROR is None
 
 
+def _fused_device_types() -> frozenset:
+    if not extension_available():
+        return frozenset()
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(device_type for device_type, key in keys.items()
+                     if torch._C._dispatch_has_kernel_for_dispatch_key("tcestim::mixture_logdensity", key))
+
+
+# Fixed at import (a plain set, so torch.compile treats the lookup as a constant).
+FUSED_DEVICE_TYPES = _fused_device_types()
+
+
 def has_fused_kernel(device: torch.device) -> bool:
     """True when a fused kernel is registered for tensors on ``device``."""
-    if not extension_available():
-        return False
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
-        "tcestim::mixture_logdensity", key
-    )
+    return device.type in FUSED_DEVICE_TYPES
 
 
 def cpu_isa() -> str:
