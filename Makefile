@@ -1,0 +1,38 @@
+# Two entry points on a fresh machine:  `make demo`  and  `make test`.
+# Everything installs into ./.venv; torch is installed only if it is missing.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
+
+.PHONY: install demo test test-python test-cpp bench clean
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install "setuptools>=77" wheel ninja
+	MAX_JOBS=$${MAX_JOBS:-2} $(PY) -m pip install --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m tcestim demo
+
+test: test-python test-cpp
+
+test-python: install
+	TCESTIM_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider
+
+test-cpp:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j 2
+	ctest --test-dir build/cmake --output-on-failure
+
+bench: install
+	$(PY) -m pip install matplotlib
+	$(PY) benchmarks/run_cpu.py
+
+clean:
+	rm -rf build $(VENV) tcestim/*.so *.egg-info
