@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from tcestim._validation import check_matrix, check_tensor
+from tcestim._validation import check_matrix, check_tensor, compute_dtype
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -24,7 +24,8 @@ def gaussian_total_correlation(cov: torch.Tensor) -> torch.Tensor:
     """TC of N(m, cov) in nats: 0.5 * (sum_d log cov_dd - log det cov).
 
     Args:
-        cov: (..., D, D) symmetric positive-definite covariance(s).
+        cov: (..., D, D) symmetric positive-definite covariance(s); float16/bfloat16 are computed
+            (and returned) in float32.
 
     Returns:
         (...) total correlation, >= 0, zero iff cov is diagonal.
@@ -32,12 +33,15 @@ def gaussian_total_correlation(cov: torch.Tensor) -> torch.Tensor:
     cov = check_tensor("cov", cov)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2] or cov.shape[-1] == 0:
         raise ValueError(f"cov must have shape (..., D, D) with D >= 1, got {tuple(cov.shape)}")
-    chol, info = torch.linalg.cholesky_ex(cov.to(torch.float64) if cov.dtype in (torch.float16, torch.bfloat16) else cov)
+    cov = cov.to(compute_dtype(cov.dtype))
+    if not torch.allclose(cov, cov.mT, rtol=1e-5, atol=1e-8):
+        raise ValueError("cov must be symmetric (cov == cov.mT up to rounding)")
+    chol, info = torch.linalg.cholesky_ex(cov)
     if bool((info != 0).any()):
         raise ValueError("cov must be symmetric positive definite (its Cholesky factorisation failed)")
     log_det = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
     log_diag = torch.log(torch.diagonal(cov, dim1=-2, dim2=-1)).sum(-1)
-    return 0.5 * (log_diag.to(log_det.dtype) - log_det)
+    return 0.5 * (log_diag - log_det)
 
 
 def gaussian_tc_of_means(mu: torch.Tensor) -> torch.Tensor:
@@ -54,4 +58,4 @@ def gaussian_tc_of_means(mu: torch.Tensor) -> torch.Tensor:
     if B <= D:
         raise ValueError(f"mu needs more rows than columns (B > D) for a non-singular covariance, "
                          f"got shape {tuple(mu.shape)}")
-    return gaussian_total_correlation(torch.cov(mu.T).reshape(D, D))
+    return gaussian_total_correlation(torch.cov(mu.to(compute_dtype(mu.dtype)).T).reshape(D, D))

@@ -14,6 +14,7 @@ estimator         self j == i  next j == i + 1 (mod B)    other
 from __future__ import annotations
 
 import math
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -45,12 +46,17 @@ def check_estimator(estimator: str) -> None:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def resolve_dataset_size(dataset_size, batch_size: int) -> int:
     """N from the user's ``dataset_size`` (None means the batch is the whole population)."""
     if dataset_size is None:
         return batch_size
-    if isinstance(dataset_size, bool) or not isinstance(dataset_size, int):
+    if not _is_int(dataset_size):
         raise TypeError(f"dataset_size must be an int or None, got {type(dataset_size).__name__}")
+    dataset_size = int(dataset_size)
     if dataset_size < batch_size:
         raise ValueError(
             f"dataset_size must be >= the batch size {batch_size}, got {dataset_size}")
@@ -64,9 +70,11 @@ def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | N
     Returns a :class:`StructuredLogWeights`, or for ``"mss-legacy"`` a dense (B, B) tensor.
     """
     check_estimator(estimator)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not _is_int(batch_size):
+        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
+    if batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    B = batch_size
+    B = int(batch_size)
     N = resolve_dataset_size(dataset_size, B)
     if estimator in _NEED_TWO and B < 2:
         raise ValueError(f"estimator {estimator!r} needs a batch size of at least 2, got {B}")
