@@ -6,7 +6,10 @@ ground truths. All values are in nats.
 """
 from tcestim._extension import cpu_isa, extension_available, set_cpu_isa
 from tcestim import _ops  # noqa: F401  (registers autograd and fake kernels)
+from tcestim.bank import MemoryBank
+from tcestim.bracket import tc_bracket
 from tcestim.estimators import KLDecomposition, decompose, total_correlation
+from tcestim.exact import decompose_exact
 from tcestim.gaussian import gaussian_tc_of_means, gaussian_total_correlation
 from tcestim.mixture import log_aggregate_posterior
 from tcestim.weights import ESTIMATORS, StructuredLogWeights, estimator_log_weights
@@ -16,14 +19,17 @@ __version__ = "0.1.0"
 __all__ = [
     "ESTIMATORS",
     "KLDecomposition",
+    "MemoryBank",
     "StructuredLogWeights",
     "cpu_isa",
     "decompose",
+    "decompose_exact",
     "estimator_log_weights",
     "extension_available",
     "gaussian_tc_of_means",
     "gaussian_total_correlation",
     "log_aggregate_posterior",
     "set_cpu_isa",
+    "tc_bracket",
     "total_correlation",
 ]

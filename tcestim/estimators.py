@@ -11,10 +11,13 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
+import math
+
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.gaussian import log_normal_diag, standard_normal_log_prob
 from tcestim.mixture import mixture_logdensity
-from tcestim.weights import check_estimator, estimator_log_weights, resolve_dataset_size
+from tcestim.weights import (StructuredLogWeights, check_estimator, estimator_log_weights,
+                             resolve_dataset_size)
 
 Prior = Union[None, torch.distributions.Distribution, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -34,20 +37,51 @@ class KLDecomposition(NamedTuple):
         """Batch means of mi, tc and dimkl as Python floats."""
         return {name: float(getattr(self, name).mean()) for name in ("mi", "tc", "dimkl")}
 
+    def standard_errors(self) -> dict:
+        """Monte Carlo standard errors (std / sqrt(B)) of the means of mi, tc and dimkl."""
+        n = self.tc.shape[0]
+        return {name: float(getattr(self, name).std() / math.sqrt(n)) if n > 1 else math.nan
+                for name in ("mi", "tc", "dimkl")}
 
-def _batch_log_weights(estimator: str, z: torch.Tensor, dataset_size):
-    B = z.shape[0]
-    check_estimator(estimator)
-    weights = estimator_log_weights(estimator, B, dataset_size, dtype=z.dtype, device=z.device)
-    return weights
+
+def _bank_components(bank, mu, logvar):
+    """(K_total, D) components: the batch first (row i is query i's own), then the bank."""
+    if bank.dim != mu.shape[1]:
+        raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {mu.shape[1]}")
+    if len(bank) and bank.mu.device != mu.device:
+        raise ValueError(f"bank is on {bank.mu.device}, but z is on {mu.device}")
+    bank_mu, bank_logvar = bank.mu.to(mu.dtype), bank.logvar.to(mu.dtype)
+    return torch.cat([mu, bank_mu]), torch.cat([logvar, bank_logvar])
 
 
-def _prepare(z, mu, logvar, dataset_size, estimator):
+def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stratified", bank=None,
+                            jackknife=False):
+    """Validated (log_qz (B,), log_qzd (B, D)) of an estimator; inputs cast to the compute dtype.
+
+    Returns (z, mu, logvar, log_qz, log_qzd) with z, mu, logvar in the compute dtype.
+    """
     check_posterior(z, mu, logvar)
-    resolve_dataset_size(dataset_size, z.shape[0])
+    check_estimator(estimator)
+    B = z.shape[0]
+    N = resolve_dataset_size(dataset_size, B)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
-    return z, mu, logvar, _batch_log_weights(estimator, z, dataset_size)
+    if bank is None and not jackknife:
+        weights = estimator_log_weights(estimator, B, N, dtype=dtype, device=z.device)
+        return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
+    if estimator != "stratified":
+        raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
+    components_mu, components_logvar = (mu, logvar) if bank is None else _bank_components(bank, mu, logvar)
+    if jackknife:
+        from tcestim.jackknife import jackknife_log_densities
+        return (z, mu, logvar, *jackknife_log_densities(z, components_mu, components_logvar, N))
+    others = components_mu.shape[0] - 1
+    if others < 1:
+        raise ValueError(f"estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
+                         f"got B = {B} and an empty bank")
+    other = math.log(N - 1) - math.log(N) - math.log(others) if N > 1 else -math.inf
+    weights = StructuredLogWeights(-math.log(N), other, other)
+    return (z, mu, logvar, *mixture_logdensity(z, components_mu, components_logvar, weights))
 
 
 def _prior_log_prob(prior: Prior, z: torch.Tensor) -> torch.Tensor:
@@ -67,24 +101,8 @@ def _prior_log_prob(prior: Prior, z: torch.Tensor) -> torch.Tensor:
     return log_p.to(z.dtype)
 
 
-def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: str = "stratified",
-              prior: Prior = None) -> KLDecomposition:
-    """Per-sample KL decomposition of a minibatch from a Gaussian encoder.
-
-    Args:
-        z: (B, D) samples, z[i] ~ q(z | x_i).
-        mu, logvar: (B, D) encoder means and log-variances of the same batch.
-        dataset_size: N, the number of points the batch was drawn from (>= B). None means the batch
-            is the whole population (N = B), for which "stratified" is exact.
-        estimator: one of :data:`tcestim.ESTIMATORS`.
-        prior: factorised prior: None (standard normal), a torch Distribution whose ``log_prob``
-            is elementwise, or a callable ``z -> (B, D)`` of per-dimension log densities.
-
-    Returns:
-        :class:`KLDecomposition` of per-sample tensors (nats); average them for batch estimates.
-    """
-    z, mu, logvar, weights = _prepare(z, mu, logvar, dataset_size, estimator)
-    log_qz, log_qzd = mixture_logdensity(z, mu, logvar, weights)
+def assemble_decomposition(z, mu, logvar, log_qz, log_qzd, prior: Prior) -> KLDecomposition:
+    """The per-sample terms from log q(z) and log q(z_d) (any estimator of them)."""
     log_qzx = log_normal_diag(z, mu, logvar).sum(1)
     log_pzd = _prior_log_prob(prior, z)
     return KLDecomposition(
@@ -98,8 +116,33 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
     )
 
 
+def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: str = "stratified",
+              prior: Prior = None, bank=None, jackknife: bool = False) -> KLDecomposition:
+    """Per-sample KL decomposition of a minibatch from a Gaussian encoder.
+
+    Args:
+        z: (B, D) samples, z[i] ~ q(z | x_i).
+        mu, logvar: (B, D) encoder means and log-variances of the same batch.
+        dataset_size: N, the number of points the batch was drawn from (>= B). None means the batch
+            is the whole population (N = B), for which "stratified" is exact.
+        estimator: one of :data:`tcestim.ESTIMATORS`.
+        prior: factorised prior: None (standard normal), a torch Distribution whose ``log_prob``
+            is elementwise, or a callable ``z -> (B, D)`` of per-dimension log densities.
+        bank: a :class:`tcestim.MemoryBank` of past encodings to add as components ("stratified"
+            weights: own component 1/N, every other (N - 1) / (N (B - 1 + K))).
+        jackknife: leave-one-component-out jackknife correction of log q(z) and log q(z_d)
+            ("stratified" only; see :mod:`tcestim.jackknife`).
+
+    Returns:
+        :class:`KLDecomposition` of per-sample tensors (nats); average them for batch estimates.
+    """
+    z, mu, logvar, log_qz, log_qzd = minibatch_log_densities(
+        z, mu, logvar, dataset_size=dataset_size, estimator=estimator, bank=bank, jackknife=jackknife)
+    return assemble_decomposition(z, mu, logvar, log_qz, log_qzd, prior)
+
+
 def total_correlation(z, mu, logvar, *, dataset_size: Optional[int] = None,
-                      estimator: str = "stratified") -> torch.Tensor:
+                      estimator: str = "stratified", bank=None, jackknife: bool = False) -> torch.Tensor:
     """Minibatch estimate of the total correlation KL(q(z) || prod_d q(z_d)) in nats.
 
     Args:
@@ -108,10 +151,12 @@ def total_correlation(z, mu, logvar, *, dataset_size: Optional[int] = None,
         dataset_size: N >= B; None means N = B.
         estimator: "stratified" (default), "mss", "mws" or "mss-legacy" (see :mod:`tcestim.weights`).
             "mws" is offset by about (D - 1) log N in value (its gradients are fine).
+        bank: a :class:`tcestim.MemoryBank`: past encodings join the components (see :func:`decompose`).
+        jackknife: jackknife bias correction ("stratified" only).
 
     Returns:
         Scalar tensor: the batch mean of log q(z_i) - sum_d log q(z_id). Differentiable.
     """
-    z, mu, logvar, weights = _prepare(z, mu, logvar, dataset_size, estimator)
-    log_qz, log_qzd = mixture_logdensity(z, mu, logvar, weights)
+    _, _, _, log_qz, log_qzd = minibatch_log_densities(
+        z, mu, logvar, dataset_size=dataset_size, estimator=estimator, bank=bank, jackknife=jackknife)
     return (log_qz - log_qzd.sum(1)).mean()

@@ -83,3 +83,28 @@ def decomposition(z, mu, logvar, name: str, N: int):
     lpzd = -0.5 * (LOG_2PI + z ** 2)
     return dict(mi=lqzx - lqz, tc=lqz - lqzd.sum(1), dimkl=(lqzd - lpzd).sum(1), log_qzx=lqzx,
                 log_qz=lqz, log_qzd=lqzd, log_pz=lpzd.sum(1))
+
+
+def jackknife_stratified(z, components_mu, components_logvar, N):
+    """Naive jackknife of the stratified log-densities: explicit leave-one-out loops.
+
+    Component i is query i's own; every other component is an "other" with weight
+    (N - 1) / (N n) (n others), or (N - 1) / (N (n - 1)) when one of them is left out.
+    """
+    c = cube(z, components_mu, components_logvar)  # (B, K, D)
+    B, K, D = c.shape
+    n = K - 1
+    out_joint, out_marg = np.empty(B), np.empty((B, D))
+    for i in range(B):
+        others = [k for k in range(K) if k != i]
+        for target, values in ((None, c[i].sum(-1)), *((d, c[i, :, d]) for d in range(D))):
+            t = np.exp(values)
+            base = t[i] / N
+            theta = np.log(base + (N - 1) / (N * n) * t[others].sum())
+            loo = [np.log(base + (N - 1) / (N * (n - 1)) * (t[others].sum() - t[k])) for k in others]
+            value = n * theta - (n - 1) * np.mean(loo)
+            if target is None:
+                out_joint[i] = value
+            else:
+                out_marg[i, target] = value
+    return out_joint, out_marg
