@@ -11,6 +11,7 @@ from tcestim.bracket import tc_bracket
 from tcestim.estimators import KLDecomposition, decompose, total_correlation
 from tcestim.exact import decompose_exact
 from tcestim.gaussian import gaussian_tc_of_means, gaussian_total_correlation
+from tcestim.knn import knn_total_correlation
 from tcestim.mixture import log_aggregate_posterior
 from tcestim.weights import ESTIMATORS, StructuredLogWeights, estimator_log_weights
 
@@ -28,6 +29,7 @@ __all__ = [
     "extension_available",
     "gaussian_tc_of_means",
     "gaussian_total_correlation",
+    "knn_total_correlation",
     "log_aggregate_posterior",
     "set_cpu_isa",
     "tc_bracket",
