@@ -1,10 +1,10 @@
-"""Command line: `python -m tcestim demo [--quick]`."""
+"""Command line: `python -m tcestim demo [--quick]` and `python -m tcestim bias [--quick] [--out DIR]`."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-from tcestim import demo
+from tcestim import bias_study, demo
 
 
 def main(argv=None) -> int:
@@ -12,9 +12,13 @@ def main(argv=None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser(
         "demo", help="every estimator's TC next to the exact and closed-form truths"))
+    bias_study.add_arguments(commands.add_parser(
+        "bias", help="the estimator-bias study against exact and closed-form ground truth"))
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo.run(args)
+    elif args.command == "bias":
+        bias_study.main(args)
     return 0
 
 
