@@ -18,7 +18,7 @@ with N = ``DATASET_SIZE`` (a fixed, MNIST-sized population, so that the weights 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict
+from typing import Callable
 
 import torch
 
@@ -30,6 +30,21 @@ DATASET_SIZE = 60_000
 LOG_2PI = math.log(2.0 * math.pi)
 
 Peer = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+EAGER_MEMORY_LIMIT = 6e9
+"""Bytes: eager is skipped where its estimated peak (EAGER_PEAK_CUBES cubes) would exceed this."""
+EAGER_PEAK_CUBES = 7
+"""Measured: eager's forward+backward peaks near 6-7x the size of one (B, B, D) cube."""
+
+
+def cube_bytes(M: int, D: int, dtype=torch.float32) -> int:
+    """Size of one (M, M, D) cube of ``dtype``."""
+    return M * M * D * torch.empty((), dtype=dtype).element_size()
+
+
+def eager_too_big(M: int, D: int, dtype=torch.float32) -> bool:
+    """True where eager's cubes would need more than EAGER_MEMORY_LIMIT bytes."""
+    return EAGER_PEAK_CUBES * cube_bytes(M, D, dtype) > EAGER_MEMORY_LIMIT
 
 
 def stratified_log_weights(batch_size: int, dataset_size: int = DATASET_SIZE, *,
@@ -115,13 +130,14 @@ def keops(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tens
     return (log_qz - log_qzd.sum(1)).mean()
 
 
-def peers() -> Dict[str, Peer]:
-    """The available peers by name, in table order (``compile`` is a fresh compiled function)."""
-    table: Dict[str, Peer] = {"eager": eager, "compile": make_compiled(), "fused": fused}
-    if keops_available():
-        table["keops"] = keops
-    return table
-
-
 PEER_NAMES = ("eager", "compile", "fused") + (("keops",) if keops_available() else ())
 """Names of the available peers, in table order."""
+
+
+def get_peer(name: str) -> Peer:
+    """The peer called ``name``; "compile" gives a freshly compiled function (see make_compiled)."""
+    if name not in PEER_NAMES:
+        raise ValueError(f"unknown or unavailable peer {name!r}; available: {PEER_NAMES}")
+    if name == "compile":
+        return make_compiled()
+    return {"eager": eager, "fused": fused, "keops": keops}[name]
