@@ -7,11 +7,10 @@ All quantities are in nats. Per-sample terms satisfy mi + tc + dimkl == log_qzx 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, NamedTuple, Optional, Union
 
 import torch
-
-import math
 
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.gaussian import log_normal_diag, standard_normal_log_prob
@@ -72,16 +71,26 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
     if estimator != "stratified":
         raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
     components_mu, components_logvar = (mu, logvar) if bank is None else _bank_components(bank, mu, logvar)
+    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife))
+
+
+def stratified_log_densities(z, components_mu, components_logvar, dataset_size: int, jackknife: bool = False):
+    """Stratified (log_qz, log_qzd) with query i's own encoding at component row i.
+
+    Every other component (batch mates, other ranks' batches, a memory bank) weighs
+    (N - 1) / (N (K - 1)); the own one 1/N.
+    """
+    N = dataset_size
     if jackknife:
         from tcestim.jackknife import jackknife_log_densities
-        return (z, mu, logvar, *jackknife_log_densities(z, components_mu, components_logvar, N))
+        return jackknife_log_densities(z, components_mu, components_logvar, N)
     others = components_mu.shape[0] - 1
     if others < 1:
-        raise ValueError(f"estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
-                         f"got B = {B} and an empty bank")
+        raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
+                         f"got {components_mu.shape[0]} component(s)")
     other = math.log(N - 1) - math.log(N) - math.log(others) if N > 1 else -math.inf
     weights = StructuredLogWeights(-math.log(N), other, other)
-    return (z, mu, logvar, *mixture_logdensity(z, components_mu, components_logvar, weights))
+    return mixture_logdensity(z, components_mu, components_logvar, weights)
 
 
 def _prior_log_prob(prior: Prior, z: torch.Tensor) -> torch.Tensor:
