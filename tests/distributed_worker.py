@@ -1,0 +1,73 @@
+"""Worker run in each spawned process by test_distributed.py (gloo, CPU)."""
+import os
+
+import torch
+import torch.distributed as dist
+
+import tcestim
+import tcestim.distributed
+
+CASES = [  # (estimator, bank size, jackknife, dataset size)
+    ("stratified", 0, False, 1000),
+    ("stratified", 0, False, None),
+    ("mss", 0, False, 1000),
+    ("mws", 0, False, 1000),
+    ("mss-legacy", 0, False, 1000),
+    ("stratified", 7, False, 1000),
+    ("stratified", 7, True, 1000),
+    ("stratified", 0, True, 500),
+]
+
+
+def global_inputs(total, dim):
+    g = torch.Generator().manual_seed(1234)
+    mu = torch.randn(total, dim, generator=g, dtype=torch.float64)
+    logvar = 0.3 * torch.randn(total, dim, generator=g, dtype=torch.float64) - 0.5
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(total, dim, generator=g, dtype=torch.float64)
+    bank_mu = torch.randn(7, dim, generator=g, dtype=torch.float64)
+    bank_logvar = 0.3 * torch.randn(7, dim, generator=g, dtype=torch.float64)
+    return z, mu, logvar, bank_mu, bank_logvar
+
+
+def close(a, b, what):
+    if not torch.allclose(a, b, rtol=1e-9, atol=1e-9):
+        raise AssertionError(f"{what}: max difference {float((a - b).abs().max())}")
+
+
+def run(rank, world, sizes, init_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        dim = 3
+        z_all, mu_all, lv_all, bank_mu, bank_lv = global_inputs(sum(sizes), dim)
+        local = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
+        for estimator, bank_size, jackknife, N in CASES:
+            bank = None
+            if bank_size:
+                bank = tcestim.MemoryBank(bank_size, dim)
+                bank.update(bank_mu, bank_lv)
+            name = f"rank {rank}/{world} {estimator} bank={bank_size} jackknife={jackknife} N={N}"
+            z, mu, lv = (t[local].clone().requires_grad_() for t in (z_all, mu_all, lv_all))
+            tc = tcestim.distributed.total_correlation(z, mu, lv, dataset_size=N, estimator=estimator,
+                                                       bank=bank, jackknife=jackknife)
+            tc.backward()
+            zr, mur, lvr = (t.clone().requires_grad_() for t in (z_all, mu_all, lv_all))
+            ref = tcestim.total_correlation(zr, mur, lvr, dataset_size=N, estimator=estimator, bank=bank,
+                                            jackknife=jackknife)
+            ref.backward()
+            close(tc.detach(), ref.detach(), name + " value")
+            for got, want, what in ((z.grad, zr.grad[local], "grad z"), (mu.grad, mur.grad[local], "grad mu"),
+                                    (lv.grad, lvr.grad[local], "grad logvar")):
+                close(got, want, f"{name} {what}")
+            rows = tcestim.distributed.decompose(z.detach(), mu.detach(), lv.detach(), dataset_size=N,
+                                                 estimator=estimator, bank=bank, jackknife=jackknife)
+            full = tcestim.decompose(z_all, mu_all, lv_all, dataset_size=N, estimator=estimator, bank=bank,
+                                     jackknife=jackknife)
+            for field in ("mi", "tc", "dimkl", "log_qzd"):
+                close(getattr(rows, field), getattr(full, field)[local], f"{name} decompose.{field}")
+        # update_bank gives every rank the same bank: the whole global batch
+        bank = tcestim.MemoryBank(100, dim)
+        tcestim.distributed.update_bank(bank, mu_all[local], lv_all[local])
+        close(bank.mu, mu_all, f"rank {rank} update_bank")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
