@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
 
-.PHONY: install demo test test-python test-cpp bench clean
+.PHONY: install demo test test-python test-cpp test-slow bench bias clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ test: test-python test-cpp
 test-python: install
 	TCESTIM_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider
 
+# The long job: slow tests and 1000 hypothesis examples per property (not part of `make test`).
+test-slow: install
+	TCESTIM_REQUIRE_EXTENSION=1 TCESTIM_HYPOTHESIS_EXAMPLES=1000 $(PY) -m pytest -q -p no:cacheprovider -m "slow or not slow"
+
 test-cpp:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/cmake -j 2
@@ -33,6 +37,9 @@ test-cpp:
 bench: install
 	$(PY) -m pip install matplotlib
 	$(PY) benchmarks/run_cpu.py
+
+bias: install
+	$(PY) -m tcestim bias --out benchmarks/results/bias
 
 clean:
 	rm -rf build $(VENV) tcestim/*.so *.egg-info
