@@ -30,7 +30,6 @@ import peers  # noqa: E402
 SIZES_M = (256, 1024, 2048)
 QUICK_SIZES_M = (256, 1024)
 SIZES_D = (10, 32)
-ISA_NAMES = ("avx512", "avx2", "default")
 CONFIG_TIMEOUT_S = 300
 
 Result = Dict[str, object]
@@ -40,16 +39,7 @@ Result = Dict[str, object]
 
 def supported_isas() -> List[str]:
     """The instruction sets tcestim.set_cpu_isa accepts on this machine (best first)."""
-    active = tcestim.cpu_isa()
-    supported = []
-    for name in ISA_NAMES:
-        try:
-            tcestim.set_cpu_isa(name)
-        except (RuntimeError, ValueError):
-            continue
-        supported.append(name)
-    tcestim.set_cpu_isa(active)
-    return supported
+    return list(tcestim.supported_cpu_isas())
 
 
 def run_config(peer: str, M: int, D: int, *, isa: Optional[str] = None,

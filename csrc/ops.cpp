@@ -4,6 +4,8 @@
 // Structured weights: logw[i,j] = log_self if j == i, log_next if j == (i+1) mod M, else log_other.
 // Outputs: log_qz (M,) joint and log_qzd (M, D) per-dimension mixture log-densities, in nats.
 #include <Python.h>
+#include <string>
+#include <vector>
 #include <torch/library.h>
 
 #include "cpu/kernel_table.h"
@@ -20,12 +22,22 @@ TORCH_LIBRARY(tcestim, m) {
         "Tensor mu, Tensor logvar, Tensor log_weights, Tensor log_qz, Tensor log_qzd) "
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str");
+  m.def("supported_cpu_isas() -> str[]");
   m.def("set_cpu_isa(str name) -> ()");
 }
 
 namespace {
 
 std::string cpu_isa() { return tcestim::cpu::isa_name(tcestim::cpu::active_isa()); }
+
+std::vector<std::string> supported_cpu_isas() {
+  using tcestim::cpu::Isa;
+  std::vector<std::string> names;
+  for (Isa isa : {Isa::kAvx512, Isa::kAvx2, Isa::kDefault}) {
+    if (tcestim::cpu::isa_supported(isa)) names.emplace_back(tcestim::cpu::isa_name(isa));
+  }
+  return names;
+}
 
 void set_cpu_isa(const std::string& name) {
   using tcestim::cpu::Isa;
@@ -44,6 +56,7 @@ void set_cpu_isa(const std::string& name) {
 
 TORCH_LIBRARY_IMPL(tcestim, CompositeExplicitAutograd, m) {
   m.impl("cpu_isa", &cpu_isa);
+  m.impl("supported_cpu_isas", &supported_cpu_isas);
   m.impl("set_cpu_isa", &set_cpu_isa);
 }
 

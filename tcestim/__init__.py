@@ -4,7 +4,7 @@ Fused CPU (and CUDA) kernels for the (M, K, D) log-density cube with exact gradi
 minibatch estimators of Chen et al. (2018) and Esmaeili et al. (2018), and closed-form Gaussian
 ground truths. All values are in nats.
 """
-from tcestim._extension import cpu_isa, extension_available, set_cpu_isa
+from tcestim._extension import cpu_isa, extension_available, set_cpu_isa, supported_cpu_isas
 from tcestim import _ops  # noqa: F401  (registers autograd and fake kernels)
 from tcestim.bank import MemoryBank
 from tcestim.bracket import tc_bracket
@@ -32,6 +32,7 @@ __all__ = [
     "knn_total_correlation",
     "log_aggregate_posterior",
     "set_cpu_isa",
+    "supported_cpu_isas",
     "tc_bracket",
     "total_correlation",
 ]

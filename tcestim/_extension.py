@@ -53,6 +53,13 @@ def cpu_isa() -> str:
     return torch.ops.tcestim.cpu_isa()
 
 
+def supported_cpu_isas() -> tuple:
+    """Instruction sets this CPU and build support, best first (e.g. ('avx512', 'avx2', 'default'))."""
+    if not extension_available():
+        return ()
+    return tuple(torch.ops.tcestim.supported_cpu_isas())
+
+
 def set_cpu_isa(name: str) -> None:
     """Select the CPU kernels' instruction set ('avx512', 'avx2', 'default'); for benchmarks and tests."""
     if not extension_available():

@@ -8,30 +8,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import tcestim  # noqa: E402
 
-CPU_ISAS = ("default", "avx2", "avx512")
-
-
-def supported_isas():
-    if not tcestim.extension_available():
-        return []
-    active = tcestim.cpu_isa()
-    found = []
-    for name in CPU_ISAS:
-        try:
-            tcestim.set_cpu_isa(name)
-            found.append(name)
-        except RuntimeError:
-            pass
-    tcestim.set_cpu_isa(active)
-    return found
-
-
 def pytest_sessionstart(session):
     if os.environ.get("TCESTIM_REQUIRE_EXTENSION", "0") not in ("0", ""):
         assert tcestim.extension_available(), "TCESTIM_REQUIRE_EXTENSION is set but tcestim._C is not loaded"
 
 
-@pytest.fixture(params=supported_isas() or ["none"])
+@pytest.fixture(params=list(tcestim.supported_cpu_isas()) or ["none"])
 def cpu_isa(request):
     """Runs a test once per instruction set the CPU kernels support here."""
     if request.param == "none":

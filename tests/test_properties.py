@@ -80,22 +80,7 @@ def effective_n(dataset_size, B):
     return B if dataset_size is None else dataset_size
 
 
-def supported_isas():
-    if not tcestim.extension_available():
-        return ["none"]
-    active = tcestim.cpu_isa()
-    found = []
-    for name in ("default", "avx2", "avx512"):
-        try:
-            tcestim.set_cpu_isa(name)
-            found.append(name)
-        except RuntimeError:
-            pass
-    tcestim.set_cpu_isa(active)
-    return found
-
-
-ISAS = supported_isas()
+ISAS = list(tcestim.supported_cpu_isas()) or ["none"]
 
 
 @contextlib.contextmanager
