@@ -34,12 +34,12 @@ class KLDecomposition(NamedTuple):
 
     def means(self) -> dict:
         """Batch means of mi, tc and dimkl as Python floats."""
-        return {name: float(getattr(self, name).mean()) for name in ("mi", "tc", "dimkl")}
+        return {name: float(getattr(self, name).detach().mean()) for name in ("mi", "tc", "dimkl")}
 
     def standard_errors(self) -> dict:
         """Monte Carlo standard errors (std / sqrt(B)) of the means of mi, tc and dimkl."""
         n = self.tc.shape[0]
-        return {name: float(getattr(self, name).std() / math.sqrt(n)) if n > 1 else math.nan
+        return {name: float(getattr(self, name).detach().std() / math.sqrt(n)) if n > 1 else math.nan
                 for name in ("mi", "tc", "dimkl")}
 
 
