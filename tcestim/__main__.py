@@ -1,4 +1,10 @@
-"""Command line: `python -m tcestim demo [--quick]` and `python -m tcestim bias [--quick] [--out DIR]`."""
+"""Command line.
+
+    python -m tcestim demo [--quick]                 estimators vs exact and closed-form TC
+    python -m tcestim bias [--quick] [--out DIR]     the estimator-bias study
+    python -m tcestim train [...]                    train a reference VAE (see --help)
+    python -m tcestim evaluate CHECKPOINT            exact decomposition and MIG of a checkpoint
+"""
 from __future__ import annotations
 
 import argparse
@@ -14,8 +20,17 @@ def main(argv=None) -> int:
         "demo", help="every estimator's TC next to the exact and closed-form truths"))
     bias_study.add_arguments(commands.add_parser(
         "bias", help="the estimator-bias study against exact and closed-form ground truth"))
+    from tcestim import train
+    train.add_train_arguments(commands.add_parser("train", help="train a reference VAE with a TC objective"))
+    evaluate = commands.add_parser("evaluate", help="exact decomposition and MIG of a checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--eval-points", type=int, default=None)
     args = parser.parse_args(argv)
-    if args.command == "demo":
+    if args.command == "train":
+        train.main_train(args)
+    elif args.command == "evaluate":
+        train.main_evaluate(args)
+    elif args.command == "demo":
         demo.run(args)
     elif args.command == "bias":
         bias_study.main(args)
