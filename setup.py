@@ -13,6 +13,22 @@ from torch.utils import cpp_extension
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def fix_cuda_home() -> None:
+    """Point torch at a CUDA toolkit that has headers when its own guess has none.
+
+    torch derives CUDA_HOME from `which nvcc` when CUDA_HOME/CUDA_PATH are unset; a wrapper script
+    such as /usr/local/bin/nvcc (-> /usr/local/cuda-13.0/bin/nvcc) then gives /usr/local, which has
+    no cuda_runtime_api.h, and the build fails on the first CUDA include.
+    """
+    found = cpp_extension.CUDA_HOME
+    for home in (found, os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.isfile(os.path.join(home, "include", "cuda_runtime_api.h")):
+            if home != found:
+                cpp_extension.CUDA_HOME = home
+                os.environ["CUDA_HOME"] = home
+            return
+
+
 def want_cuda() -> bool:
     override = os.environ.get("TCESTIM_CUDA")
     if override is not None:
@@ -30,6 +46,7 @@ def extension():
     )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     if want_cuda() and cuda_sources:
+        fix_cuda_home()
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
         kwargs["extra_compile_args"]["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math"]
