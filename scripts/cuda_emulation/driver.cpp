@@ -1,0 +1,242 @@
+// Runs the CUDA kernels of csrc/cuda under the CPU emulation (fake_cuda/) against a naive double
+// reference: forward and backward, both weight modes, float and double, M != K, D from 0 to 2048,
+// split launches, -inf weights, NaN, far queries, and a bitwise rerun. See run.sh.
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "mixture_logdensity_kernels.h"
+
+using namespace tcestim::cuda;
+
+static int failures = 0, checks = 0;
+static double worst = 0;
+
+static bool close(double got, double want, double rtol, double atol) {
+  if (std::isnan(want)) return std::isnan(got);
+  if (std::isinf(want)) return got == want;
+  return std::fabs(got - want) <= atol + rtol * std::fabs(want);
+}
+
+struct Problem {
+  int64_t M, K, D;
+  std::vector<double> z, mu, lv, lw;  // lw dense (M, K) natural log (used also as structured matrix)
+  bool dense;
+  double ls, ln, lo;
+};
+
+static double structured_at(const Problem& p, int64_t i, int64_t j) {
+  const int64_t nxt = (i + 1) % p.M;
+  return j == i ? p.ls : (j == nxt ? p.ln : p.lo);
+}
+static double weight(const Problem& p, int64_t i, int64_t j) { return p.dense ? p.lw[i * p.K + j] : structured_at(p, i, j); }
+
+static double cube(const Problem& p, int64_t i, int64_t j, int64_t d) {
+  const double t = p.z[i * p.D + d] - p.mu[j * p.D + d];
+  return -0.5 * (std::log(2 * M_PI) + p.lv[j * p.D + d] + t * t * std::exp(-p.lv[j * p.D + d]));
+}
+
+static double lse(const std::vector<double>& x) {
+  double m = -INFINITY;
+  for (double v : x) m = std::fmax(m, v);
+  if (m == -INFINITY) m = 0;
+  double s = 0;
+  for (double v : x) s += std::exp(v - m);
+  return m + std::log(s);
+}
+
+static void reference_forward(const Problem& p, std::vector<double>& lqz, std::vector<double>& lqzd) {
+  lqz.assign(p.M, 0);
+  lqzd.assign(p.M * p.D, 0);
+  std::vector<double> xs(p.K);
+  for (int64_t i = 0; i < p.M; ++i) {
+    for (int64_t j = 0; j < p.K; ++j) {
+      double sum = 0;
+      for (int64_t d = 0; d < p.D; ++d) sum += cube(p, i, j, d);
+      xs[j] = weight(p, i, j) + sum;
+    }
+    lqz[i] = lse(xs);
+    for (int64_t d = 0; d < p.D; ++d) {
+      for (int64_t j = 0; j < p.K; ++j) xs[j] = weight(p, i, j) + cube(p, i, j, d);
+      lqzd[i * p.D + d] = lse(xs);
+    }
+  }
+}
+
+static void reference_backward(const Problem& p, const std::vector<double>& g, const std::vector<double>& gd,
+                               const std::vector<double>& lqz, const std::vector<double>& lqzd,
+                               std::vector<double>& gz, std::vector<double>& gmu, std::vector<double>& glv,
+                               std::vector<double>& gw) {
+  gz.assign(p.M * p.D, 0);
+  gmu.assign(p.K * p.D, 0);
+  glv.assign(p.K * p.D, 0);
+  gw.assign(p.M * p.K, 0);
+  for (int64_t i = 0; i < p.M; ++i) {
+    for (int64_t j = 0; j < p.K; ++j) {
+      double sum = 0;
+      for (int64_t d = 0; d < p.D; ++d) sum += cube(p, i, j, d);
+      const double lw = weight(p, i, j);
+      const double P = std::exp(lw + sum - lqz[i]);
+      double gwij = g[i] * P;
+      for (int64_t d = 0; d < p.D; ++d) {
+        const double Q = std::exp(lw + cube(p, i, j, d) - lqzd[i * p.D + d]);
+        const double W = g[i] * P + gd[i * p.D + d] * Q;
+        gwij += gd[i * p.D + d] * Q;
+        const double t = p.z[i * p.D + d] - p.mu[j * p.D + d], prec = std::exp(-p.lv[j * p.D + d]);
+        gz[i * p.D + d] += -W * t * prec;
+        gmu[j * p.D + d] += W * t * prec;
+        glv[j * p.D + d] += W * (-0.5 + 0.5 * t * t * prec);
+      }
+      gw[i * p.K + j] = gwij;
+    }
+  }
+}
+
+static Problem make_problem(int64_t M, int64_t K, int64_t D, bool dense, unsigned seed, double shift = 0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> n01(0, 1);
+  Problem p{M, K, D, {}, {}, {}, {}, dense, std::log(0.02), std::log(0.3), std::log(0.04)};
+  for (int64_t k = 0; k < M * D; ++k) p.z.push_back(n01(rng) + shift);
+  for (int64_t k = 0; k < K * D; ++k) p.mu.push_back(n01(rng));
+  for (int64_t k = 0; k < K * D; ++k) p.lv.push_back(0.6 * n01(rng) - 0.3);
+  for (int64_t k = 0; k < M * K; ++k) p.lw.push_back(0.5 * n01(rng) - std::log(double(std::max<int64_t>(K, 1))));
+  return p;
+}
+
+template <typename T>
+static std::vector<T> cast(const std::vector<double>& v) { return std::vector<T>(v.begin(), v.end()); }
+
+template <typename T>
+static void expect_all(const char* what, const std::string& tag, const std::vector<T>& got, const std::vector<double>& want, double rtol, double atol) {
+  int bad = 0;
+  for (size_t k = 0; k < want.size(); ++k) {
+    ++checks;
+    if (!close(double(got[k]), want[k], rtol, atol)) {
+      if (bad < 3) std::printf("FAIL %s %s [%zu]: got %.10g want %.10g\n", tag.c_str(), what, k, double(got[k]), want[k]);
+      ++bad;
+    } else if (std::isfinite(want[k])) {
+      worst = std::fmax(worst, std::fabs(double(got[k]) - want[k]) / (atol + rtol * std::fabs(want[k])));
+    }
+  }
+  failures += bad;
+}
+
+template <typename T>
+static void run_case(const Problem& p, int num_sms, bool check_backward = true, double backward_tol_scale = 1) {
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%s M=%ld K=%ld D=%ld %s sms=%d", sizeof(T) == 4 ? "f32" : "f64", (long)p.M, (long)p.K, (long)p.D, p.dense ? "dense" : "struct", num_sms);
+  const std::string tag = buf;
+  const double rtol = sizeof(T) == 4 ? 2e-5 : 1e-11, atol = sizeof(T) == 4 ? 2e-5 : 1e-11;
+  std::vector<T> z = cast<T>(p.z), mu = cast<T>(p.mu), lv = cast<T>(p.lv), lw = cast<T>(p.lw);
+  std::vector<T> lqz(p.M, T(7)), lqzd(p.M * p.D, T(7));
+  ForwardArgs<T> fa{z.data(), mu.data(), lv.data(), p.dense ? lw.data() : nullptr, p.M, p.K, p.D, p.ls, p.ln, p.lo, lqz.data(), lqzd.data(), nullptr, num_sms};
+  std::vector<unsigned char> ws(forward_workspace_bytes(fa) + 256);
+  fa.workspace = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(ws.data()) + 255) / 256 * 256);
+  if (launch_forward(fa, nullptr) != cudaSuccess) { std::printf("FAIL %s: forward launch error\n", tag.c_str()); ++failures; return; }
+  Problem pr = p;  // reference on the values the kernel saw (rounded to T)
+  for (auto* v : {&pr.z, &pr.mu, &pr.lv, &pr.lw}) for (double& x : *v) x = double(T(x));
+  std::vector<double> rqz, rqzd;
+  reference_forward(pr, rqz, rqzd);
+  expect_all("log_qz", tag, lqz, rqz, rtol, atol);
+  expect_all("log_qzd", tag, lqzd, rqzd, rtol, atol);
+  // Determinism: a second run is bitwise equal.
+  std::vector<T> lqz2(p.M), lqzd2(p.M * p.D);
+  fa.log_qz = lqz2.data(); fa.log_qzd = lqzd2.data();
+  launch_forward(fa, nullptr);
+  for (int64_t k = 0; k < p.M; ++k) if (std::memcmp(&lqz[k], &lqz2[k], sizeof(T))) { ++failures; std::printf("FAIL %s nondeterministic\n", tag.c_str()); break; }
+  if (!check_backward) return;
+
+  std::mt19937 rng(99);
+  std::normal_distribution<double> n01(0, 1);
+  std::vector<double> g(p.M), gd(p.M * p.D);
+  for (auto& x : g) x = double(T(n01(rng)));
+  for (auto& x : gd) x = double(T(n01(rng)));
+  std::vector<T> gT = cast<T>(g), gdT = cast<T>(gd);
+  // saved outputs: the reference's, rounded to T (what a correct forward returns)
+  std::vector<T> sqz = cast<T>(rqz), sqzd = cast<T>(rqzd);
+  std::vector<double> sqzD(sqz.begin(), sqz.end()), sqzdD(sqzd.begin(), sqzd.end());
+  std::vector<T> gz(p.M * p.D, T(7)), gmu(p.K * p.D, T(7)), glv(p.K * p.D, T(7)), gw(p.M * p.K, T(7));
+  BackwardArgs<T> ba{gT.data(), gdT.data(), z.data(), mu.data(), lv.data(), p.dense ? lw.data() : nullptr, sqz.data(), sqzd.data(),
+                     p.M, p.K, p.D, p.ls, p.ln, p.lo, gz.data(), gmu.data(), glv.data(), p.dense ? gw.data() : nullptr, nullptr, num_sms};
+  std::vector<unsigned char> wsb(backward_workspace_bytes(ba) + 256);
+  ba.workspace = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(wsb.data()) + 255) / 256 * 256);
+  if (launch_backward(ba, nullptr) != cudaSuccess) { std::printf("FAIL %s: backward launch error\n", tag.c_str()); ++failures; return; }
+  std::vector<double> rgz, rgmu, rglv, rgw;
+  reference_backward(pr, g, gd, sqzD, sqzdD, rgz, rgmu, rglv, rgw);
+  const double brtol = (sizeof(T) == 4 ? 1e-4 : 1e-10) * backward_tol_scale, batol = brtol;
+  expect_all("grad_z", tag, gz, rgz, brtol, batol);
+  expect_all("grad_mu", tag, gmu, rgmu, brtol, batol);
+  expect_all("grad_logvar", tag, glv, rglv, brtol, batol);
+  if (p.dense) expect_all("grad_logw", tag, gw, rgw, brtol, batol);
+}
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+  struct S { int64_t M, K, D; };
+  std::vector<S> shapes = {{1, 1, 1}, {3, 5, 2}, {17, 17, 4}, {33, 20, 1}, {9, 40, 11}, {40, 9, 5}, {64, 64, 32}, {50, 37, 10}, {20, 30, 0}};
+  if (!quick) shapes.push_back({70, 90, 64});
+  for (const S& s : shapes) {
+    for (bool dense : {false, true}) {
+      for (int sms : {1, 132}) {
+        run_case<float>(make_problem(s.M, s.K, s.D, dense, 1 + s.M + 7 * s.K + 31 * s.D), sms);
+        run_case<double>(make_problem(s.M, s.K, s.D, dense, 2 + s.M + 7 * s.K + 31 * s.D), sms);
+      }
+    }
+  }
+  // large D (one group spans many warps), and D > 1024 (512-thread blocks, > 48 KB smem)
+  run_case<float>(make_problem(5, 7, 300, false, 11), 132, false);  // float joint over 300 dims: ~1e-4
+  run_case<double>(make_problem(5, 7, 300, false, 11), 132);
+  run_case<double>(make_problem(4, 6, 300, true, 12), 132);
+  if (!quick) {
+    run_case<float>(make_problem(3, 20, 1500, false, 13), 132, false);
+    run_case<double>(make_problem(3, 20, 1500, true, 13), 132);
+    run_case<float>(make_problem(2, 9, 2048, true, 26), 132, false);
+    run_case<double>(make_problem(2, 9, 2048, false, 27), 1);
+    float x = 0;
+    ForwardArgs<float> bad{&x, &x, &x, nullptr, 1, 1, 2049, 0, 0, 0, &x, &x, nullptr, 1};
+    if (launch_forward(bad, nullptr) != cudaErrorInvalidValue) { ++failures; std::printf("FAIL D=2049 accepted\n"); }
+  }
+  // split path with many tiles: few queries, many components
+  run_case<float>(make_problem(6, 700, 6, false, 14), 132);
+  run_case<float>(make_problem(6, 700, 6, true, 15), 132);
+  run_case<double>(make_problem(700, 6, 3, false, 16), 132);
+  // far queries: every term underflows without the max shift
+  // (float gradients there are ill-conditioned: compare them in double only)
+  run_case<float>(make_problem(6, 5, 3, false, 17, 1000.0), 132, false);
+  run_case<double>(make_problem(6, 5, 3, false, 17, 1000.0), 132, true, 100);  // 1e3-sigma queries: conditioning
+  run_case<float>(make_problem(40, 50, 3, false, 18, 30.0), 1, false);
+  run_case<double>(make_problem(40, 50, 3, true, 18, 30.0), 1);
+  // structured with M != K and next wrapping into the last partial tile
+  run_case<float>(make_problem(18, 17, 2, false, 19), 1);
+  run_case<float>(make_problem(18, 40, 2, false, 20), 1);
+  // -inf weights: empty mixture -> -inf (forward only; CPU gives NaN gradients there too)
+  {
+    Problem p = make_problem(5, 4, 2, false, 21);
+    p.ls = p.ln = p.lo = -INFINITY;
+    run_case<float>(p, 1, false);
+    run_case<double>(p, 132, false);
+    Problem q = make_problem(5, 40, 3, false, 22);
+    q.lo = -INFINITY;  // only self and next count
+    run_case<float>(q, 1);
+    run_case<double>(q, 132);
+    Problem r = make_problem(6, 30, 3, true, 23);
+    for (int64_t j = 0; j < r.K; ++j) r.lw[2 * r.K + j] = -INFINITY;  // row 2 empty
+    for (int64_t j = 0; j < 20; ++j) r.lw[4 * r.K + j] = -INFINITY;
+    run_case<float>(r, 1, false);
+  }
+  // NaN propagates
+  {
+    Problem p = make_problem(7, 9, 3, false, 24);
+    p.z[1 * 3 + 2] = NAN;
+    run_case<float>(p, 1, false);
+    Problem q = make_problem(7, 40, 3, false, 25);
+    q.mu[5 * 3 + 1] = NAN;
+    run_case<float>(q, 1, false);
+  }
+  std::printf("%d checks, %d failures, worst finite error %.3g of tolerance, launches %ld, max smem %zu\n", checks, failures, worst, emu::launches, emu::max_smem_seen);
+  return failures != 0;
+}
