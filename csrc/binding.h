@@ -1,0 +1,205 @@
+// The torch side shared by every device's binding: argument checks (one wording on every device)
+// and the four operator entry points. A backend only turns a checked call into kernel launches:
+//
+//   struct Backend {
+//     static constexpr c10::DeviceType kDevice = ...;
+//     static void forward(const char* op, ForwardCall& call);    // fills log_qz, log_qzd
+//     static void backward(const char* op, BackwardCall& call);  // fills the grads
+//   };
+//   TORCH_LIBRARY_IMPL(tcestim, CPU, m) { binding::register_operators<Backend>(m); }
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+namespace tcestim {
+namespace binding {
+
+using at::Tensor;
+
+// One forward call: contiguous inputs and freshly allocated outputs.
+struct ForwardCall {
+  Tensor z, mu, logvar;
+  Tensor log_weights;  // (M, K), or undefined for the structured weights
+  int64_t M, K, D;
+  double log_self, log_next, log_other;
+  Tensor log_qz, log_qzd;  // outputs (M,), (M, D)
+};
+
+// One backward call: contiguous inputs and saved outputs, freshly allocated gradients.
+struct BackwardCall {
+  Tensor grad_qz, grad_qzd, z, mu, logvar;
+  Tensor log_weights;  // (M, K), or undefined for the structured weights
+  Tensor log_qz, log_qzd;
+  int64_t M, K, D;
+  double log_self, log_next, log_other;
+  Tensor grad_z, grad_mu, grad_logvar;
+  Tensor grad_logw;  // (M, K) for dense weights, else undefined
+};
+
+inline void check_on_device(const char* op, const char* name, const Tensor& t, const Tensor& z,
+                            c10::DeviceType device) {
+  TORCH_CHECK(t.device().type() == device && t.device() == z.device(), op, ": expected ", name,
+              " on the ", device, " device of z (", z.device(), "), got ", t.device());
+}
+
+inline void check_inputs(const char* op, const Tensor& z, const Tensor& mu, const Tensor& logvar,
+                         c10::DeviceType device) {
+  TORCH_CHECK(z.dim() == 2, op, ": z must be 2-D (M, D), got shape ", z.sizes());
+  TORCH_CHECK(mu.dim() == 2, op, ": mu must be 2-D (K, D), got shape ", mu.sizes());
+  TORCH_CHECK(logvar.sizes() == mu.sizes(), op, ": logvar must have the shape of mu ", mu.sizes(),
+              ", got ", logvar.sizes());
+  TORCH_CHECK(z.size(1) == mu.size(1), op, ": z and mu must have the same number of columns D, got ",
+              z.size(1), " and ", mu.size(1));
+  TORCH_CHECK(z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble, op,
+              ": z must be float32 or float64, got ", z.scalar_type());
+  TORCH_CHECK(mu.scalar_type() == z.scalar_type() && logvar.scalar_type() == z.scalar_type(), op,
+              ": z, mu and logvar must share one dtype, got ", z.scalar_type(), ", ",
+              mu.scalar_type(), ", ", logvar.scalar_type());
+  TORCH_CHECK(z.device().type() == device, op, ": expected ", device, " tensors, got z on ", z.device());
+  check_on_device(op, "mu", mu, z, device);
+  check_on_device(op, "logvar", logvar, z, device);
+}
+
+inline void check_log_weights(const char* op, const Tensor& log_weights, const Tensor& z,
+                              const Tensor& mu, c10::DeviceType device) {
+  TORCH_CHECK(log_weights.dim() == 2 && log_weights.size(0) == z.size(0) &&
+                  log_weights.size(1) == mu.size(0),
+              op, ": log_weights must have shape (M, K) = (", z.size(0), ", ", mu.size(0), "), got ",
+              log_weights.sizes());
+  TORCH_CHECK(log_weights.scalar_type() == z.scalar_type(), op, ": log_weights must have dtype ",
+              z.scalar_type(), ", got ", log_weights.scalar_type());
+  check_on_device(op, "log_weights", log_weights, z, device);
+}
+
+// grad_log_qz / log_qz of shape (M,) and grad_log_qzd / log_qzd of the shape of z.
+inline void check_saved(const char* op, const char* name, const Tensor& t, const Tensor& z,
+                        at::IntArrayRef shape, c10::DeviceType device) {
+  TORCH_CHECK(t.sizes() == shape && t.scalar_type() == z.scalar_type(), op, ": ", name,
+              " must be a ", z.scalar_type(), " tensor of shape ", shape, ", got ", t.scalar_type(),
+              " ", t.sizes());
+  check_on_device(op, name, t, z, device);
+}
+
+inline ForwardCall prepare_forward(const char* op, const Tensor& z, const Tensor& mu,
+                                   const Tensor& logvar, const Tensor* log_weights, double log_self,
+                                   double log_next, double log_other, c10::DeviceType device) {
+  check_inputs(op, z, mu, logvar, device);
+  if (log_weights != nullptr) check_log_weights(op, *log_weights, z, mu, device);
+  ForwardCall call;
+  call.z = z.contiguous();
+  call.mu = mu.contiguous();
+  call.logvar = logvar.contiguous();
+  if (log_weights != nullptr) call.log_weights = log_weights->contiguous();
+  call.M = z.size(0);
+  call.K = mu.size(0);
+  call.D = z.size(1);
+  call.log_self = log_self;
+  call.log_next = log_next;
+  call.log_other = log_other;
+  call.log_qz = at::empty({call.M}, z.options());
+  call.log_qzd = at::empty({call.M, call.D}, z.options());
+  return call;
+}
+
+inline BackwardCall prepare_backward(const char* op, const Tensor& grad_qz, const Tensor& grad_qzd,
+                                     const Tensor& z, const Tensor& mu, const Tensor& logvar,
+                                     const Tensor* log_weights, const Tensor& log_qz,
+                                     const Tensor& log_qzd, double log_self, double log_next,
+                                     double log_other, c10::DeviceType device) {
+  check_inputs(op, z, mu, logvar, device);
+  const int64_t M = z.size(0), K = mu.size(0), D = z.size(1);
+  check_saved(op, "grad_log_qz", grad_qz, z, {M}, device);
+  check_saved(op, "log_qz", log_qz, z, {M}, device);
+  check_saved(op, "grad_log_qzd", grad_qzd, z, z.sizes(), device);
+  check_saved(op, "log_qzd", log_qzd, z, z.sizes(), device);
+  if (log_weights != nullptr) check_log_weights(op, *log_weights, z, mu, device);
+  BackwardCall call;
+  call.grad_qz = grad_qz.contiguous();
+  call.grad_qzd = grad_qzd.contiguous();
+  call.z = z.contiguous();
+  call.mu = mu.contiguous();
+  call.logvar = logvar.contiguous();
+  call.log_qz = log_qz.contiguous();
+  call.log_qzd = log_qzd.contiguous();
+  if (log_weights != nullptr) {
+    call.log_weights = log_weights->contiguous();
+    call.grad_logw = at::empty({M, K}, z.options());
+  }
+  call.M = M;
+  call.K = K;
+  call.D = D;
+  call.log_self = log_self;
+  call.log_next = log_next;
+  call.log_other = log_other;
+  call.grad_z = at::empty({M, D}, z.options());
+  call.grad_mu = at::empty({K, D}, z.options());
+  call.grad_logvar = at::empty({K, D}, z.options());
+  return call;
+}
+
+template <typename Backend>
+struct Operators {
+  static std::tuple<Tensor, Tensor> structured(const Tensor& z, const Tensor& mu, const Tensor& logvar,
+                                               double log_self, double log_next, double log_other) {
+    constexpr const char* op = "mixture_logdensity";
+    ForwardCall call = prepare_forward(op, z, mu, logvar, nullptr, log_self, log_next, log_other,
+                                       Backend::kDevice);
+    Backend::forward(op, call);
+    return {call.log_qz, call.log_qzd};
+  }
+
+  static std::tuple<Tensor, Tensor> dense(const Tensor& z, const Tensor& mu, const Tensor& logvar,
+                                          const Tensor& log_weights) {
+    constexpr const char* op = "mixture_logdensity_dense";
+    ForwardCall call = prepare_forward(op, z, mu, logvar, &log_weights, 0, 0, 0, Backend::kDevice);
+    Backend::forward(op, call);
+    return {call.log_qz, call.log_qzd};
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor> structured_backward(
+      const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu,
+      const Tensor& logvar, const Tensor& log_qz, const Tensor& log_qzd, double log_self,
+      double log_next, double log_other) {
+    constexpr const char* op = "mixture_logdensity_backward";
+    BackwardCall call = prepare_backward(op, grad_qz, grad_qzd, z, mu, logvar, nullptr, log_qz,
+                                         log_qzd, log_self, log_next, log_other, Backend::kDevice);
+    Backend::backward(op, call);
+    return {call.grad_z, call.grad_mu, call.grad_logvar};
+  }
+
+  static std::tuple<Tensor, Tensor, Tensor, Tensor> dense_backward(
+      const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu,
+      const Tensor& logvar, const Tensor& log_weights, const Tensor& log_qz, const Tensor& log_qzd) {
+    constexpr const char* op = "mixture_logdensity_dense_backward";
+    BackwardCall call = prepare_backward(op, grad_qz, grad_qzd, z, mu, logvar, &log_weights, log_qz,
+                                         log_qzd, 0, 0, 0, Backend::kDevice);
+    Backend::backward(op, call);
+    return {call.grad_z, call.grad_mu, call.grad_logvar, call.grad_logw};
+  }
+};
+
+template <typename Backend>
+void register_operators(torch::Library& m) {
+  m.impl("mixture_logdensity", &Operators<Backend>::structured);
+  m.impl("mixture_logdensity_dense", &Operators<Backend>::dense);
+  m.impl("mixture_logdensity_backward", &Operators<Backend>::structured_backward);
+  m.impl("mixture_logdensity_dense_backward", &Operators<Backend>::dense_backward);
+}
+
+// Typed data pointer, or nullptr for an undefined (optional) tensor.
+template <typename T>
+const T* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* mutable_data_or_null(Tensor& t) {
+  return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+}  // namespace binding
+}  // namespace tcestim
