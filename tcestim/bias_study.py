@@ -189,7 +189,7 @@ def bracket_coverage(summary: list[dict]) -> tuple[int, int]:
 def markdown_table(summary: list[dict], config: StudyConfig) -> str:
     hits, total = bracket_coverage(summary)
     lines = [
-        f"# TC estimator bias study",
+        "# TC estimator bias study",
         "",
         f"mu ~ N(0, equicorrelated rho), z|mu ~ N(mu, s^2 I), N = {config.dataset_size}, bank K = "
         f"{config.bank_size}, {config.repeats} minibatches per row. TC in nats. 'exact' is the finite-N "

@@ -20,7 +20,6 @@ again; plus W integers (batch sizes) and one scalar all-reduce for the reported 
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

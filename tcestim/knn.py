@@ -12,7 +12,6 @@ dependence; consistent as N grows.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from tcestim._validation import check_matrix
 

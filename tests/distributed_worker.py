@@ -1,5 +1,4 @@
 """Worker run in each spawned process by test_distributed.py (gloo, CPU)."""
-import os
 
 import torch
 import torch.distributed as dist

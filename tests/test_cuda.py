@@ -15,12 +15,11 @@ if not torch.cuda.is_available():
 import tcestim  # noqa: E402
 from tcestim import _fallback  # noqa: E402
 from tcestim._extension import has_fused_kernel  # noqa: E402
-from tcestim.weights import StructuredLogWeights  # noqa: E402
 
 import reference  # noqa: E402
+from op_helpers import WEIGHTS, make_inputs, reference_outputs, run_op  # noqa: E402
 
 CUDA = torch.device("cuda")
-WEIGHTS = StructuredLogWeights(math.log(0.02), math.log(0.3), math.log(0.04))
 MAX_DIM = 2048  # tcestim::cuda::kMaxDim
 
 
@@ -38,27 +37,10 @@ SHAPES = [(37, 53, 1), (120, 77, 10), (70, 129, 64), (33, 20, 300)]
 SPLIT_SHAPES = [(6, 1000, 10), (1000, 6, 10)]
 
 
-def make_inputs(M, K, D, dtype, seed=0, device="cpu", requires_grad=False):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(M, D, generator=g, dtype=torch.float64)
-    mu = torch.randn(K, D, generator=g, dtype=torch.float64)
-    logvar = 0.6 * torch.randn(K, D, generator=g, dtype=torch.float64) - 0.3
-    log_weights = 0.5 * torch.randn(M, K, generator=g, dtype=torch.float64) - math.log(K)
-    return [t.to(dtype=dtype, device=device).requires_grad_(requires_grad)
-            for t in (z, mu, logvar, log_weights)]
 
 
-def run_op(z, mu, logvar, log_weights, mode):
-    if mode == "dense":
-        return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
-    return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *WEIGHTS)
 
 
-def reference_outputs(z, mu, logvar, log_weights, mode):
-    M, K = z.shape[0], mu.shape[0]
-    lw = reference.to_numpy(log_weights) if mode == "dense" else reference.structured_matrix(M, K, *WEIGHTS)
-    return reference.mixture_logdensity(reference.to_numpy(z), reference.to_numpy(mu),
-                                        reference.to_numpy(logvar), lw)
 
 
 def reference_grads(z, mu, logvar, log_weights, mode, g_qz, g_qzd):

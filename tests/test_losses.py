@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import tcestim
 from tcestim import losses as L
 from tcestim import priors as P
 

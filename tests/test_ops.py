@@ -7,39 +7,20 @@ import torch
 
 import tcestim
 from tcestim import _fallback
-from tcestim.weights import StructuredLogWeights
 
-import reference
+from op_helpers import WEIGHTS, make_inputs, reference_outputs, run_op
 
 pytestmark = pytest.mark.usefixtures("requires_extension")
 
 # (M, K, D): sizes straddle every lane width (2..16), M != K both ways, D == 1.
 SHAPES = [(1, 1, 1), (3, 5, 2), (17, 17, 4), (33, 20, 1), (9, 40, 11), (64, 64, 32)]
-WEIGHTS = StructuredLogWeights(math.log(0.02), math.log(0.3), math.log(0.04))
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=2e-5)}
 
 
-def make_inputs(M, K, D, dtype, seed=0, requires_grad=False):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(M, D, generator=g, dtype=torch.float64)
-    mu = torch.randn(K, D, generator=g, dtype=torch.float64)
-    logvar = 0.6 * torch.randn(K, D, generator=g, dtype=torch.float64) - 0.3
-    log_weights = 0.5 * torch.randn(M, K, generator=g, dtype=torch.float64) - math.log(K)
-    out = [t.to(dtype).requires_grad_(requires_grad) for t in (z, mu, logvar, log_weights)]
-    return out
 
 
-def run_op(z, mu, logvar, log_weights, mode):
-    if mode == "dense":
-        return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
-    return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *WEIGHTS)
 
 
-def reference_outputs(z, mu, logvar, log_weights, mode):
-    M, K = z.shape[0], mu.shape[0]
-    lw = reference.to_numpy(log_weights) if mode == "dense" else reference.structured_matrix(M, K, *WEIGHTS)
-    return reference.mixture_logdensity(reference.to_numpy(z), reference.to_numpy(mu),
-                                        reference.to_numpy(logvar), lw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])

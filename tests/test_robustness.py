@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-import tcestim
 from tcestim import _fallback
 from tcestim.weights import StructuredLogWeights
 
