@@ -6,7 +6,7 @@ ground truths. All values are in nats.
 """
 from tcestim._extension import cpu_isa, extension_available, set_cpu_isa, supported_cpu_isas
 from tcestim import _ops  # noqa: F401  (registers autograd and fake kernels)
-from tcestim import data, losses, metrics, models, priors
+from tcestim import data, discriminator, distributed, losses, metrics, models, priors
 from tcestim.bank import MemoryBank
 from tcestim.bracket import tc_bracket
 from tcestim.estimators import KLDecomposition, decompose, total_correlation
@@ -31,6 +31,8 @@ __all__ = [
     "gaussian_tc_of_means",
     "gaussian_total_correlation",
     "data",
+    "discriminator",
+    "distributed",
     "losses",
     "metrics",
     "models",

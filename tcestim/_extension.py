@@ -37,6 +37,9 @@ def _fused_device_types() -> frozenset:
                      if torch._C._dispatch_has_kernel_for_dispatch_key("tcestim::mixture_logdensity", key))
 
 
+# Largest D the CUDA kernels take (tcestim::cuda::kMaxDim); larger D on CUDA uses the fallback.
+CUDA_MAX_DIM = 2048
+
 # Fixed at import (a plain set, so torch.compile treats the lookup as a constant).
 FUSED_DEVICE_TYPES = _fused_device_types()
 

@@ -1,6 +1,8 @@
 """Autograd and fake-tensor (torch.compile) registrations of the compiled operators."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from tcestim._extension import extension_available
@@ -12,6 +14,22 @@ def _empty_outputs(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
+
+
+def _first_order_only(backward):
+    """The backward operators have no derivative of their own: refuse to be differentiated.
+
+    A second differentiation (create_graph=True: gradient penalties, Hessian-vector products)
+    would otherwise silently get zeros.
+    """
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in ctx.saved_tensors):
+            raise RuntimeError(
+                "tcestim: the fused kernels give first-order gradients only; differentiating their "
+                "gradients (create_graph=True) is not supported")
+        return backward(ctx, *grads)
+    return wrapper
 
 
 def _register() -> None:
@@ -37,6 +55,7 @@ def _register() -> None:
         ctx.save_for_backward(z, mu, logvar, *output)
         ctx.log_weights = (log_self, log_next, log_other)
 
+    @_first_order_only
     def backward_structured(ctx, grad_log_qz, grad_log_qzd):
         z, mu, logvar, log_qz, log_qzd = ctx.saved_tensors
         grad_z, grad_mu, grad_logvar = torch.ops.tcestim.mixture_logdensity_backward(
@@ -47,6 +66,7 @@ def _register() -> None:
     def setup_dense(ctx, inputs, output):
         ctx.save_for_backward(*inputs, *output)
 
+    @_first_order_only
     def backward_dense(ctx, grad_log_qz, grad_log_qzd):
         z, mu, logvar, log_weights, log_qz, log_qzd = ctx.saved_tensors
         return torch.ops.tcestim.mixture_logdensity_dense_backward(

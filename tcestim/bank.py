@@ -48,8 +48,12 @@ class MemoryBank:
 
     def _stored(self, buffer):
         if buffer is None:
-            return torch.empty(0, self.dim)
+            return torch.empty(0, self.dim)  # empty banks are skipped by the estimators
         return buffer[: self._count]
+
+    def _oldest_first(self, buffer):
+        stored = self._stored(buffer)
+        return torch.roll(stored, -self._next, 0) if self._count == self.size else stored
 
     def reset(self) -> None:
         self._count, self._next = 0, 0
@@ -63,7 +67,7 @@ class MemoryBank:
             raise ValueError(f"mu and logvar must both have shape (B, {self.dim}) for this bank, got "
                              f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
         if self._mu is None or self._mu.device != mu.device or self._mu.dtype != mu.dtype:
-            old_mu, old_logvar = self.mu, self.logvar
+            old_mu, old_logvar = self._oldest_first(self._mu), self._oldest_first(self._logvar)
             self._mu = mu.new_empty(self.size, self.dim)
             self._logvar = mu.new_empty(self.size, self.dim)
             self._count, self._next = 0, 0

@@ -47,10 +47,23 @@ def _bank_components(bank, mu, logvar):
     """(K_total, D) components: the batch first (row i is query i's own), then the bank."""
     if bank.dim != mu.shape[1]:
         raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {mu.shape[1]}")
-    if len(bank) and bank.mu.device != mu.device:
+    if len(bank) == 0:
+        return mu, logvar
+    if bank.mu.device != mu.device:
         raise ValueError(f"bank is on {bank.mu.device}, but z is on {mu.device}")
-    bank_mu, bank_logvar = bank.mu.to(mu.dtype), bank.logvar.to(mu.dtype)
-    return torch.cat([mu, bank_mu]), torch.cat([logvar, bank_logvar])
+    return torch.cat([mu, bank.mu.to(mu.dtype)]), torch.cat([logvar, bank.logvar.to(mu.dtype)])
+
+
+def check_bank_dataset_size(bank, dataset_size, batch_size: int) -> None:
+    """A bank holds other data points: N must be given and leave room for them."""
+    if bank is None or len(bank) == 0:
+        return
+    if dataset_size is None:
+        raise ValueError("dataset_size must be given with a non-empty bank (None would mean the batch "
+                         "is the whole dataset)")
+    if dataset_size < batch_size + len(bank):
+        raise ValueError(f"dataset_size must be >= batch size + len(bank) = {batch_size + len(bank)} "
+                         f"(the bank holds other data points), got {dataset_size}")
 
 
 def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stratified", bank=None,
@@ -63,6 +76,7 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
     check_estimator(estimator)
     B = z.shape[0]
     N = resolve_dataset_size(dataset_size, B)
+    check_bank_dataset_size(bank, N if dataset_size is not None else None, B)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
     if bank is None and not jackknife:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from typing import Optional
 
@@ -56,8 +57,9 @@ def decompose_exact(z, mu, logvar, mu_all, logvar_all, *, prior: Prior = None,
     check_same_dtype_device(z=z, mu_all=mu_all, logvar_all=logvar_all)
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = int(chunk_size)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar, mu_all, logvar_all = (t.to(dtype) for t in (z, mu, logvar, mu_all, logvar_all))
     N = mu_all.shape[0]

@@ -8,22 +8,30 @@ The fused kernels never store the (M, K, D) cube of log N terms.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
 from tcestim import _fallback
-from tcestim._extension import has_fused_kernel
+from tcestim._extension import CUDA_MAX_DIM, has_fused_kernel
 from tcestim._validation import check_matrix, check_same_dtype_device, compute_dtype
 from tcestim.weights import StructuredLogWeights
+
+
+def _checked_structured(values) -> StructuredLogWeights:
+    weights = StructuredLogWeights(*(float(w) for w in values))
+    if any(math.isnan(w) or w == math.inf for w in weights):
+        raise ValueError(f"log_weights must be finite or -inf (a zero weight), got {tuple(weights)}")
+    return weights
 
 
 def _as_log_weights(log_weights, M: int, K: int):
     if log_weights is None:
         return StructuredLogWeights.constant(-math.log(K))
     if isinstance(log_weights, StructuredLogWeights):
-        return StructuredLogWeights(*(float(w) for w in log_weights))
-    if isinstance(log_weights, (int, float)) and not isinstance(log_weights, bool):
-        return StructuredLogWeights.constant(float(log_weights))
+        return _checked_structured(log_weights)
+    if isinstance(log_weights, numbers.Real) and not isinstance(log_weights, bool):
+        return _checked_structured([log_weights] * 3)
     if isinstance(log_weights, torch.Tensor):
         if log_weights.shape != (M, K):
             raise ValueError(
@@ -37,7 +45,7 @@ def _as_log_weights(log_weights, M: int, K: int):
 
 def mixture_logdensity(z, mu, logvar, log_weights):
     """Unchecked core: inputs already validated and of one floating dtype (float32/float64)."""
-    if has_fused_kernel(z.device):
+    if has_fused_kernel(z.device) and not (z.device.type == "cuda" and z.shape[1] > CUDA_MAX_DIM):
         if isinstance(log_weights, torch.Tensor):
             return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
         return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)

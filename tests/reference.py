@@ -89,7 +89,9 @@ def jackknife_stratified(z, components_mu, components_logvar, N):
     """Naive jackknife of the stratified log-densities: explicit leave-one-out loops.
 
     Component i is query i's own; every other component is an "other" with weight
-    (N - 1) / (N n) (n others), or (N - 1) / (N (n - 1)) when one of them is left out.
+    (N - 1) / (N n) (n others), or (N - 1) / (N (n - 1)) when one of them is left out. The
+    correction (n - 1)(theta - mean theta_(k)) is scaled by the finite-population factor
+    1 - n / (N - 1) (the others are drawn without replacement from the N - 1 other points).
     """
     c = cube(z, components_mu, components_logvar)  # (B, K, D)
     B, K, D = c.shape
@@ -102,7 +104,7 @@ def jackknife_stratified(z, components_mu, components_logvar, N):
             base = t[i] / N
             theta = np.log(base + (N - 1) / (N * n) * t[others].sum())
             loo = [np.log(base + (N - 1) / (N * (n - 1)) * (t[others].sum() - t[k])) for k in others]
-            value = n * theta - (n - 1) * np.mean(loo)
+            value = theta + max(0.0, 1.0 - n / (N - 1)) * (n - 1) * (theta - np.mean(loo))
             if target is None:
                 out_joint[i] = value
             else:

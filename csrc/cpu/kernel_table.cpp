@@ -55,8 +55,10 @@ Isa best_isa() {
 Isa active_isa() {
   int active = g_active.load();
   if (active < 0) {
-    active = static_cast<int>(best_isa());
-    g_active.store(active);
+    int expected = -1;
+    // A concurrent set_active_isa() wins: only the unset value is replaced by the default.
+    g_active.compare_exchange_strong(expected, static_cast<int>(best_isa()));
+    active = g_active.load();
   }
   return static_cast<Isa>(active);
 }
