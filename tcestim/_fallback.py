@@ -5,13 +5,11 @@ with autograd. Slower and hungrier than the fused kernels, but correct everywher
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
+from tcestim.gaussian import log_normal_diag
 from tcestim.weights import StructuredLogWeights
 
-_LOG_2PI = math.log(2 * math.pi)
 _CHUNK_ELEMENTS = 1 << 24
 
 
@@ -30,7 +28,6 @@ def mixture_logdensity(z, mu, logvar, log_weights):
     """log_qz (M,) and log_qzd (M, D); log_weights is StructuredLogWeights or an (M, K) tensor."""
     M, D = z.shape
     K = mu.shape[0]
-    precision = torch.exp(-logvar)
     chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
     joint, marginals = [], []
     for start in range(0, M, chunk):
@@ -40,8 +37,7 @@ def mixture_logdensity(z, mu, logvar, log_weights):
             lw = log_weights[start:stop]
         else:
             lw = structured_rows(log_weights, rows, M, K, z)
-        diff = z[start:stop, None, :] - mu[None, :, :]
-        cube = -0.5 * (_LOG_2PI + logvar[None] + diff.square() * precision[None])
+        cube = log_normal_diag(z[start:stop, None, :], mu[None], logvar[None])
         joint.append(torch.logsumexp(lw + cube.sum(-1), dim=1))
         marginals.append(torch.logsumexp(lw[:, :, None] + cube, dim=1))
     if not joint:

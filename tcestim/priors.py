@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from tcestim._validation import compute_dtype
+from tcestim.gaussian import standard_normal_log_prob
 
 __all__ = [
     "AnisotropicGaussian",
@@ -182,8 +183,7 @@ class StandardNormal(Prior):
         super().__init__(dim)
 
     def log_prob_per_dim(self, z):
-        z = self._check_z(z)
-        return -0.5 * (LOG_2PI + z.square())
+        return standard_normal_log_prob(self._check_z(z))
 
     def sample(self, n, generator=None):
         return self._randn((_check_n(n), self.dim), generator)
@@ -423,7 +423,7 @@ def prior_log_prob(prior, z: torch.Tensor) -> torch.Tensor:
     a ``torch.distributions.Distribution`` whose ``log_prob`` gives (B, D) (summed) or (B,), or a
     callable giving (B, D) (summed) or (B,)."""
     if prior is None:
-        return (-0.5 * (LOG_2PI + z.square())).sum(-1)
+        return standard_normal_log_prob(z).sum(-1)
     if isinstance(prior, Prior):
         return prior.log_prob(z)
     if isinstance(prior, torch.distributions.Distribution) or callable(prior):
