@@ -29,7 +29,8 @@ import torch.distributed.nn.functional as dist_fn
 from tcestim import _fallback
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.estimators import (KLDecomposition, Prior, _bank_components, assemble_decomposition,
-                                check_bank_dataset_size, stratified_log_densities)
+                                check_bank_dataset_size, check_stratified_extensions,
+                                stratified_log_densities)
 from tcestim.mixture import mixture_logdensity
 from tcestim.weights import StructuredLogWeights, check_estimator, estimator_log_weights, resolve_dataset_size
 
@@ -66,12 +67,10 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
     rank = dist.get_rank(group)
     offset, global_batch = sum(sizes[:rank]), sum(sizes)
     N = resolve_dataset_size(dataset_size, global_batch)
-    check_bank_dataset_size(bank, N if dataset_size is not None else None, global_batch)
+    check_stratified_extensions(estimator, bank, jackknife)
+    check_bank_dataset_size(bank, dataset_size, global_batch)
     mu_all = _all_gather_uneven(mu, sizes, group)
     logvar_all = _all_gather_uneven(logvar, sizes, group)
-    if bank is not None or jackknife:
-        if estimator != "stratified":
-            raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
     if estimator == "stratified" or bank is not None or jackknife:
         if global_batch < 2 and (bank is None or len(bank) == 0):
             raise ValueError(f"estimator 'stratified' needs a global batch of at least 2, got {global_batch}")

@@ -54,6 +54,12 @@ def _bank_components(bank, mu, logvar):
     return torch.cat([mu, bank.mu.to(mu.dtype)]), torch.cat([logvar, bank.logvar.to(mu.dtype)])
 
 
+def check_stratified_extensions(estimator: str, bank, jackknife: bool) -> None:
+    """bank= and jackknife=True are defined for the stratified weights only."""
+    if (bank is not None or jackknife) and estimator != "stratified":
+        raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
+
+
 def check_bank_dataset_size(bank, dataset_size, batch_size: int) -> None:
     """A bank holds other data points: N must be given and leave room for them."""
     if bank is None or len(bank) == 0:
@@ -76,14 +82,13 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
     check_estimator(estimator)
     B = z.shape[0]
     N = resolve_dataset_size(dataset_size, B)
-    check_bank_dataset_size(bank, N if dataset_size is not None else None, B)
+    check_stratified_extensions(estimator, bank, jackknife)
+    check_bank_dataset_size(bank, dataset_size, B)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
     if bank is None and not jackknife:
         weights = estimator_log_weights(estimator, B, N, dtype=dtype, device=z.device)
         return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
-    if estimator != "stratified":
-        raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
     components_mu, components_logvar = (mu, logvar) if bank is None else _bank_components(bank, mu, logvar)
     return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife))
 
