@@ -1,22 +1,32 @@
-"""Leave-one-component-out jackknife of the stratified log-density estimates.
+"""Jackknife bias correction of the stratified log-density estimates (memory bank or batch).
 
-For query i the stratified estimate is q_hat = a t_self + c sum_{k in others} t_k with
-a = 1/N, c = (N - 1) / (N n) over the n "other" components (batch mates and bank). The log of this
-unbiased estimate of q(z_i) is biased low (Jensen). The jackknife combines it with the n
-leave-one-out estimates (weights c' = (N - 1) / (N (n - 1))):
+For query i the stratified estimate is q_hat = a t_self + c_n sum_{k in others} t_k with a = 1/N and
+c_m = (N - 1) / (N m) over the n "other" components (batch mates and bank), which are a sample drawn
+without replacement from the P = N - 1 other data points. log q_hat is biased low (Jensen). Under
+this sampling design the bias of theta_m (the estimate from m others) expands as
 
-    theta_J = n theta - (n - 1) mean_k theta_(k)
+    E[theta_m] - log q = b1 x_m + b2 x_m^2 + O(x_m^3),    x_m = 1/m - 1/P,
 
-which removes the O(1/n) term of the bias. The same is done for every marginal log q(z_id).
-The components are drawn without replacement from the N - 1 other data points, so the correction
-(n - 1) (theta - mean_k theta_(k)) is scaled by the finite-population factor 1 - n / (N - 1): no
-correction when the others are the whole rest of the dataset (then the estimate is exact), the
-plain jackknife when N >> n.
+(the third central moment of a without-replacement mean is proportional to x_m (x_m - 1/P), which
+is again in that span). A uniformly random subset of the sample is a uniformly random subset of
+the population, so the mean of the leave-one-out estimates theta_(k) is an unbiased estimate of
+E[theta_{n-1}], and the mean of the leave-two-out estimates theta_(jk) one of E[theta_{n-2}].
 
-Leave-one-out sums are formed stably: with m = max_k x_k and e_k = exp(x_k - m), every term but the
-largest leaves at least e_max = 1 behind (no cancellation), and the largest is left out by summing
-the others directly. Runs in PyTorch on row chunks of the (B, K, D) cube: O(K) extra work per
-output element, memory bounded by the chunk size.
+* ``order=1``: the finite-population jackknife, linear extrapolation in x from m = n, n - 1 to
+  x = 0: theta + (n - 1)(1 - n/P)(theta - mean_k theta_(k)). Removes b1.
+* ``order=2`` (default): quadratic (Lagrange) extrapolation from m = n, n - 1, n - 2. Removes b1
+  and b2. This matters when a few other components dominate q(z_i) (small D, narrow posteriors),
+  where the first-order jackknife still leaves a few per cent of the TC.
+
+Both give no correction when the others are the whole rest of the dataset (x_n = 0): then the
+estimate is exact.
+
+Numerics: everything runs in float64 on row chunks of the (B, K, D) cube, relative to the row's
+largest term. The leave-one-out sums are exact (no subtraction from the total for the largest
+terms). The mean over the n (n - 1) / 2 leave-two-out pairs is exact for pairs among the
+``TOP_TERMS`` largest others and uses the log1p power series, through power sums, for the rest
+(each series ratio is below 1/(TOP_TERMS - 1), truncated after ``SERIES_TERMS`` terms: error
+below 1e-13 relative). Cost O(K) per output element.
 """
 from __future__ import annotations
 
@@ -26,48 +36,174 @@ import torch
 
 from tcestim.gaussian import log_normal_diag
 
-_CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS = 1 << 21
+TOP_TERMS = 16
+SERIES_TERMS = 10
 
 
-def _loo_logsumexp(x: torch.Tensor, others: torch.Tensor):
-    """For x (m, K, ...) and a mask of the summed entries (m, K, 1...): log sum over the mask
-    and, for each k, log of that sum without term k. Returns (full (m, ...), loo (m, K, ...))."""
-    x = x.masked_fill(~others, -math.inf)
-    top, arg = x.max(dim=1, keepdim=True)
-    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    e = torch.exp(x - top)
-    total = e.sum(dim=1, keepdim=True)
-    is_top = torch.zeros_like(e, dtype=torch.bool).scatter_(1, arg, True)
-    without_top = e.masked_fill(is_top, 0.0).sum(dim=1, keepdim=True)
-    loo = torch.where(is_top, without_top, total - e)
-    # log(0) = -inf is a valid value, but its gradient (inf) times a zero upstream gradient is NaN:
-    # take the log only where the sum is positive.
-    positive = loo > 0
-    log_loo = torch.where(positive, torch.log(torch.where(positive, loo, torch.ones_like(loo))),
-                          torch.full_like(loo, -math.inf))
-    return (top + torch.log(total)).squeeze(1), top + log_loo
+def _safe_log(x: torch.Tensor) -> torch.Tensor:
+    """log(x) for x >= 0, -inf at 0 with a zero (not NaN) gradient there."""
+    positive = x > 0
+    return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))),
+                       torch.full_like(x, -math.inf))
 
 
-def _jackknife_log_density(values: torch.Tensor, self_mask: torch.Tensor, log_a: float,
-                           log_c: float, log_c_loo: float, num_others: int,
-                           population_factor: float) -> torch.Tensor:
-    """values (m, K, ...) log q(z_i | component k); self_mask (m, K, 1...) marks the query's own."""
-    log_self = values.masked_fill(~self_mask, -math.inf).logsumexp(dim=1)
-    others = ~self_mask
-    full, loo = _loo_logsumexp(values, others)
-    theta = torch.logaddexp(log_a + log_self, log_c + full)
-    theta_loo = torch.logaddexp((log_a + log_self).unsqueeze(1), log_c_loo + loo)
-    mean_loo = theta_loo.masked_fill(~others.expand_as(theta_loo), 0.0).sum(dim=1) / num_others
-    return theta + population_factor * (num_others - 1) * (theta - mean_loo)
+def extrapolation_weights(n: int, population: int, order: int) -> tuple[float, float]:
+    """(w1, w2) with theta_J = theta + w1 mean_k(theta_(k) - theta) + w2 mean_jk(theta_(jk) - theta).
+
+    Lagrange weights at x = 0 of the points x_n, x_(n-1), x_(n-2), x_m = 1/m - 1/population,
+    written with the closed-form differences so that nothing cancels.
+    """
+    if n >= population:
+        return 0.0, 0.0
+    x0 = 1.0 / n - 1.0 / population
+    if order == 1:
+        return -x0 * n * (n - 1), 0.0
+    x2 = 1.0 / (n - 2) - 1.0 / population
+    d10 = 1.0 / (n * (n - 1))          # x_(n-1) - x_n
+    d21 = 1.0 / ((n - 1) * (n - 2))    # x_(n-2) - x_(n-1)
+    d20 = 2.0 / (n * (n - 2))          # x_(n-2) - x_n
+    x1 = 1.0 / (n - 1) - 1.0 / population
+    w1 = -x0 * x2 / (d10 * d21)
+    w2 = x0 * x1 / (d20 * d21)
+    return w1, w2
+
+
+def _power_sums(v: torch.Tensor, count: int) -> list[torch.Tensor]:
+    """[sum v^1, ..., sum v^count] over the last dimension."""
+    sums, power = [], v
+    for _ in range(count):
+        sums.append(power.sum(-1))
+        power = power * v
+    return sums
+
+
+def _log1m_series(ratio: torch.Tensor, power_sums: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j log(1 - ratio v_j) from the power sums of v: -sum_q ratio^q p_q / q."""
+    total, power = torch.zeros_like(ratio), ratio
+    for q, p in enumerate(power_sums, start=1):
+        total = total - power * p / q
+        power = power * ratio
+    return total
+
+
+def _pair_power_sums(power_sums: list[torch.Tensor], count: int) -> list[torch.Tensor]:
+    """[sum_{j<k} (v_j + v_k)^q for q = 1..] from the power sums p_q of v (p_0 = count)."""
+    p = [torch.full_like(power_sums[0], float(count))] + power_sums
+    out = []
+    for q in range(1, len(power_sums) + 1):
+        full = sum(math.comb(q, i) * p[i] * p[q - i] for i in range(q + 1))
+        out.append(0.5 * (full - 2 ** q * p[q]))
+    return out
+
+
+def _row_means(log_a_self: torch.Tensor, log_c_others: torch.Tensor, with_pairs: bool):
+    """theta = log(a_self + sum_k c_others_k) per row, the mean over k of theta_(k) - theta, and
+    (with_pairs) the mean over pairs j < k of theta_(jk) - theta.
+
+    log_a_self: (R,) log of the query's own weighted term; log_c_others: (R, n) log of the n
+    weighted other terms, each already scaled by c_n. Float64 in, float64 out.
+    """
+    n = log_c_others.shape[1]
+    top_log = torch.maximum(log_a_self, log_c_others.max(dim=1).values).detach()
+    log_a = log_a_self - top_log
+    v = torch.exp(log_c_others - top_log[:, None])          # (R, n), largest entry <= 1
+    total = v.sum(1)
+    log_full = torch.logaddexp(log_a, _safe_log(total))
+    theta = top_log + log_full
+
+    # Leave-one-out: the sum without term k, exact for the largest terms.
+    t = min(TOP_TERMS, n)
+    top, top_index = v.topk(t, dim=1)                        # descending
+    is_top = torch.zeros_like(v, dtype=torch.bool).scatter_(1, top_index, True)
+    rest = v.masked_fill(is_top, 0.0)
+    rest_total = rest.sum(1)
+    others_of_top = top.unsqueeze(1).expand(-1, t, -1).masked_fill(
+        torch.eye(t, dtype=torch.bool, device=v.device), 0.0).sum(-1)      # (R, t): top sum without i
+    without = torch.where(is_top, torch.zeros_like(v), (top.sum(1) + rest_total)[:, None] - v)
+    without = without.scatter(1, top_index, others_of_top + rest_total[:, None])
+    scale1 = n / (n - 1)
+    loo = torch.logaddexp(log_a[:, None], _safe_log(scale1 * without)) - log_full[:, None]
+    if not with_pairs:
+        return theta, loo.mean(1), None
+
+    # Leave-two-out: the mean over pairs of log(a + n/(n-2) (total - v_j - v_k)) - log_full.
+    scale2 = n / (n - 2)
+    n_rest = n - t
+    # Pairs among the top terms: remaining sum = (top sum without i) - v_i' for i < i', which keeps
+    # its digits except for the pair of the two largest, whose remainder is the sum from the third on.
+    remaining = others_of_top[:, :, None] - top[:, None, :]
+    if t >= 2:
+        remaining[:, 0, 1] = top[:, 2:].sum(1)
+    upper = torch.triu(torch.ones(t, t, dtype=torch.bool, device=v.device), diagonal=1)
+    pair_logs = torch.logaddexp(log_a[:, None, None],
+                                _safe_log(scale2 * (remaining.clamp_min(0.0) + rest_total[:, None, None])))
+    pair_sum = (pair_logs - log_full[:, None, None]).masked_fill(~upper, 0.0).sum((1, 2))
+    if n_rest > 0:
+        sums = _power_sums(rest, SERIES_TERMS)
+        has_rest = rest_total > 0
+        # Pairs (top i, rest j): log(Y_i (1 - scale2 v_j / Y_i)), Y_i = a + scale2 (total - v_i).
+        log_y_i = torch.logaddexp(log_a[:, None], _safe_log(scale2 * (others_of_top + rest_total[:, None])))
+        ratio_i = torch.where(has_rest[:, None], scale2 * torch.exp(-log_y_i), torch.zeros_like(log_y_i))
+        series_i = _log1m_series(ratio_i, [p[:, None] for p in sums])
+        pair_sum = pair_sum + (n_rest * (log_y_i - log_full[:, None]) + series_i).sum(1)
+        # Pairs among the rest: log(Y (1 - scale2 (v_j + v_k) / Y)), Y = a + scale2 total.
+        if n_rest >= 2:
+            log_y = torch.logaddexp(log_a, _safe_log(scale2 * total))
+            ratio = torch.where(has_rest, scale2 * torch.exp(-log_y), torch.zeros_like(log_y))
+            series = _log1m_series(ratio, _pair_power_sums(sums, n_rest))
+            pair_sum = pair_sum + math.comb(n_rest, 2) * (log_y - log_full) + series
+    return theta, loo.mean(1), pair_sum / math.comb(n, 2)
+
+
+def _corrected_rows(log_a_self: torch.Tensor, log_c_others: torch.Tensor, population: int,
+                    order: int) -> torch.Tensor:
+    """Jackknifed log(a_self + sum_k c_others_k) per row (see :func:`_row_means`)."""
+    return _corrected_rows_by_order(log_a_self, log_c_others, population, (order,))[order]
+
+
+def _corrected_rows_by_order(log_a_self, log_c_others, population: int, orders) -> dict:
+    n = log_c_others.shape[1]
+    effective = {order: min(order, n - 1) for order in orders}
+    weights = {order: extrapolation_weights(n, population, e) for order, e in effective.items()}
+    if all(w == (0.0, 0.0) for w in weights.values()):
+        theta = torch.logaddexp(log_a_self, torch.logsumexp(log_c_others, dim=1))
+        return {order: theta for order in orders}
+    theta, loo, pairs = _row_means(log_a_self, log_c_others, with_pairs=max(effective.values()) == 2)
+    return {order: theta + w1 * loo + (w2 * pairs if w2 else 0.0) for order, (w1, w2) in weights.items()}
+
+
+def _jackknife_log_density(values: torch.Tensor, self_mask: torch.Tensor, log_a: float, log_c: float,
+                           population: int, orders) -> dict:
+    """values (m, K, ...) log q(z_i | component k); self_mask (m, K) marks the query's own column."""
+    moved = values.movedim(1, -1)                            # (m, ..., K)
+    mask = self_mask.view(self_mask.shape[0], *([1] * (moved.dim() - 2)), self_mask.shape[1]).expand_as(moved)
+    K = moved.shape[-1]
+    log_self = moved.masked_select(mask).view(moved.shape[:-1])
+    log_others = moved.masked_select(~mask).view(*moved.shape[:-1], K - 1)
+    rows = _corrected_rows_by_order((log_a + log_self).reshape(-1).double(),
+                                    (log_c + log_others).reshape(-1, K - 1).double(), population, orders)
+    return {order: r.view(moved.shape[:-1]).to(values.dtype) for order, r in rows.items()}
 
 
 def jackknife_log_densities(z: torch.Tensor, components_mu: torch.Tensor, components_logvar: torch.Tensor,
-                            dataset_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+                            dataset_size: int, order: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """Jackknifed (log_qz (B,), log_qzd (B, D)) for queries z whose own component is row i.
 
     components_mu/logvar: (K, D) with the batch's encodings first (component i belongs to query i),
-    then any further components (a memory bank). Needs at least 3 components in all.
+    then any further components (a memory bank). Needs at least 3 components in all; with exactly
+    3 the correction is first order.
+
+    order: 2 (default) or 1; see the module docstring.
     """
+    return jackknife_log_densities_by_order(z, components_mu, components_logvar, dataset_size, (order,))[order]
+
+
+def jackknife_log_densities_by_order(z, components_mu, components_logvar, dataset_size: int,
+                                     orders=(1, 2)) -> dict:
+    """{order: (log_qz, log_qzd)} for several orders from one pass over the cube (for studies)."""
+    if not orders or any(order not in (1, 2) for order in orders):
+        raise ValueError(f"order must be 1 or 2, got {orders!r}")
     B, D = z.shape
     K = components_mu.shape[0]
     num_others = K - 1
@@ -76,17 +212,16 @@ def jackknife_log_densities(z: torch.Tensor, components_mu: torch.Tensor, compon
     N = dataset_size
     log_a = -math.log(N)
     log_c = math.log(N - 1) - math.log(N) - math.log(num_others) if N > 1 else -math.inf
-    log_c_loo = math.log(N - 1) - math.log(N) - math.log(num_others - 1) if N > 1 else -math.inf
-    population_factor = max(0.0, 1.0 - num_others / (N - 1)) if N > 1 else 0.0
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
-    joint, marginals = [], []
+    joint = {order: [] for order in orders}
+    marginals = {order: [] for order in orders}
     columns = torch.arange(K, device=z.device)
     for start in range(0, B, rows_per_chunk):
         rows = torch.arange(start, min(B, start + rows_per_chunk), device=z.device)
         cube = log_normal_diag(z[rows, None, :], components_mu[None], components_logvar[None])
-        self_mask = (columns[None, :] == rows[:, None])
-        joint.append(_jackknife_log_density(cube.sum(-1), self_mask, log_a, log_c, log_c_loo, num_others,
-                                            population_factor))
-        marginals.append(_jackknife_log_density(cube, self_mask[:, :, None], log_a, log_c, log_c_loo,
-                                                num_others, population_factor))
-    return torch.cat(joint), torch.cat(marginals)
+        self_mask = columns[None, :] == rows[:, None]
+        for order, value in _jackknife_log_density(cube.sum(-1), self_mask, log_a, log_c, N - 1, orders).items():
+            joint[order].append(value)
+        for order, value in _jackknife_log_density(cube, self_mask, log_a, log_c, N - 1, orders).items():
+            marginals[order].append(value)
+    return {order: (torch.cat(joint[order]), torch.cat(marginals[order])) for order in orders}

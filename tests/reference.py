@@ -5,6 +5,7 @@ reduced with a max-shifted logsumexp. It is slow and only meant for small sizes.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -85,26 +86,41 @@ def decomposition(z, mu, logvar, name: str, N: int):
                 log_qz=lqz, log_qzd=lqzd, log_pz=lpzd.sum(1))
 
 
-def jackknife_stratified(z, components_mu, components_logvar, N):
-    """Naive jackknife of the stratified log-densities: explicit leave-one-out loops.
+def jackknife_stratified(z, components_mu, components_logvar, N, order=2):
+    """Naive jackknife of the stratified log-densities: explicit leave-one-out and leave-two-out loops.
 
     Component i is query i's own; every other component is an "other" with weight
-    (N - 1) / (N n) (n others), or (N - 1) / (N (n - 1)) when one of them is left out. The
-    correction (n - 1)(theta - mean theta_(k)) is scaled by the finite-population factor
-    1 - n / (N - 1) (the others are drawn without replacement from the N - 1 other points).
+    (N - 1) / (N m) when m others are used. The estimates from m = n, n - 1 (each one left out,
+    averaged) and n - 2 (each pair left out, averaged) others are extrapolated to x = 0 in
+    x_m = 1/m - 1/(N - 1): linearly from the first two (order 1) or quadratically from all three
+    (order 2). No correction when n >= N - 1.
     """
     c = cube(z, components_mu, components_logvar)  # (B, K, D)
     B, K, D = c.shape
     n = K - 1
+    order = min(order, n - 1)
+    P = N - 1
+    xs = [1.0 / m - 1.0 / P for m in (n, n - 1, n - 2)][: order + 1]
+    lagrange = [np.prod([-xs[j] / (xs[i] - xs[j]) for j in range(len(xs)) if j != i]) for i in range(len(xs))]
     out_joint, out_marg = np.empty(B), np.empty((B, D))
     for i in range(B):
         others = [k for k in range(K) if k != i]
         for target, values in ((None, c[i].sum(-1)), *((d, c[i, :, d]) for d in range(D))):
-            t = np.exp(values)
-            base = t[i] / N
-            theta = np.log(base + (N - 1) / (N * n) * t[others].sum())
-            loo = [np.log(base + (N - 1) / (N * (n - 1)) * (t[others].sum() - t[k])) for k in others]
-            value = theta + max(0.0, 1.0 - n / (N - 1)) * (n - 1) * (theta - np.mean(loo))
+
+            def estimate(left_out):  # log(q(z|own) / N + (N - 1) / (N m) sum over the m kept others)
+                kept = [k for k in others if k not in left_out]
+                terms = np.concatenate([[values[i] - np.log(N)],
+                                        np.log((N - 1) / (N * len(kept))) + values[kept]])
+                return np.logaddexp.reduce(terms)
+
+            theta = estimate(())
+            if n >= P:
+                value = theta
+            else:
+                means = [theta, np.mean([estimate((k,)) for k in others])]
+                if order == 2:
+                    means.append(np.mean([estimate(pair) for pair in itertools.combinations(others, 2)]))
+                value = sum(w * m for w, m in zip(lagrange, means))
             if target is None:
                 out_joint[i] = value
             else:

@@ -192,8 +192,10 @@ def test_gradients_do_not_flow_into_the_bank():
 
 # Jackknife ------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("bank_size", [0, 5])
+@pytest.mark.parametrize("bank_size", [0, 5, 30])
 def test_jackknife_matches_naive_reference(bank_size):
+    """Second order (the default): the leave-two-out mean over the top terms and the power series
+    over the rest (30 bank entries exceed TOP_TERMS) agree with explicit loops over all pairs."""
     N, B = 300, 6
     mu_all, logvar_all = encodings(B + bank_size, 3, seed=12)
     z = sample(mu_all[:B], logvar_all[:B])
@@ -205,6 +207,64 @@ def test_jackknife_matches_naive_reference(bank_size):
     want_qz, want_qzd = reference.jackknife_stratified(z.numpy(), mu_all.numpy(), logvar_all.numpy(), N)
     np.testing.assert_allclose(d.log_qz.numpy(), want_qz, rtol=1e-10)
     np.testing.assert_allclose(d.log_qzd.numpy(), want_qzd, rtol=1e-10)
+
+
+def test_first_order_jackknife_matches_naive_reference():
+    from tcestim.jackknife import jackknife_log_densities
+
+    N, K = 200, 25
+    mu_all, logvar_all = encodings(K, 2, seed=15)
+    z = sample(mu_all[:5], logvar_all[:5])
+    got_qz, got_qzd = jackknife_log_densities(z, mu_all, logvar_all, N, order=1)
+    want_qz, want_qzd = reference.jackknife_stratified(z.numpy(), mu_all.numpy(), logvar_all.numpy(), N, order=1)
+    np.testing.assert_allclose(got_qz.numpy(), want_qz, rtol=1e-10)
+    np.testing.assert_allclose(got_qzd.numpy(), want_qzd, rtol=1e-10)
+
+
+def test_second_order_series_is_exact_for_widely_spread_terms():
+    """Other terms spanning many orders of magnitude, well past TOP_TERMS of them."""
+    from tcestim.jackknife import TOP_TERMS, _corrected_rows
+
+    g = torch.Generator().manual_seed(16)
+    n, P = 3 * TOP_TERMS, 500
+    log_self = torch.randn(3, generator=g, dtype=torch.float64)
+    log_others = 6 * torch.randn(3, n, generator=g, dtype=torch.float64) - math.log(n)
+    got = _corrected_rows(log_self, log_others, P, order=2)
+    xs = [1 / m - 1 / P for m in (n, n - 1, n - 2)]
+    weights = [np.prod([-xs[j] / (xs[i] - xs[j]) for j in range(3) if j != i]) for i in range(3)]
+    for row in range(3):
+        a, t = math.exp(log_self[row]), np.exp(log_others[row].numpy())
+
+        def est(left_out):
+            return math.log(a + n / (n - len(left_out)) * (t.sum() - sum(t[k] for k in left_out)))
+
+        means = [est(()), np.mean([est((k,)) for k in range(n)]),
+                 np.mean([est(p) for p in itertools.combinations(range(n), 2)])]
+        want = sum(w * m for w, m in zip(weights, means))
+        assert float(got[row]) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_jackknife_gradcheck_float64(order):
+    from tcestim.jackknife import jackknife_log_densities
+
+    mu_all, logvar_all = encodings(22, 2, seed=17)
+    z = sample(mu_all[:4], logvar_all[:4])
+    inputs = tuple(x.clone().requires_grad_() for x in (z, mu_all, logvar_all))
+
+    def fn(z, mu, logvar):
+        log_qz, log_qzd = jackknife_log_densities(z, mu, logvar, 80, order=order)
+        return log_qz, log_qzd
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_jackknife_order_must_be_one_or_two():
+    from tcestim.jackknife import jackknife_log_densities
+
+    mu, logvar = encodings(5, 2)
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        jackknife_log_densities(sample(mu, logvar), mu, logvar, 10, order=3)
 
 
 def test_jackknife_is_stable_when_one_component_dominates():
