@@ -5,9 +5,13 @@ Truths, both reported and labelled:
   * exact   - the finite-N aggregate posterior's TC (decompose_exact over all N encodings, Monte
               Carlo over z until its standard error is below 1% of the value or an absolute floor);
   * gaussian - the closed-form TC of N(0, Sigma + s^2 I), the N -> infinity limit.
-Each estimator runs on ``repeats`` minibatches of size M per configuration. Besides TC, the joint
-part E[log q(z)] and the marginal part E[sum_d log q(z_d)] are recorded where an estimator has
-them, so the sign of each bias can be traced to its source.
+Each estimator runs on ``repeats`` minibatches of size M per configuration. Its bias is measured
+paired: every minibatch estimate minus the exact finite-N decomposition evaluated at the same z
+(decompose_exact against all N encodings). That difference has the same expectation as
+"estimate - exact TC" but none of the Monte Carlo noise of the minibatch's z, so the reported
+standard error is the estimator's own. Besides TC, the joint part E[log q(z)] and the marginal
+part E[sum_d log q(z_d)] are recorded where an estimator has them, so the sign of each bias can be
+traced to its source.
 
 Run it as ``python -m tcestim bias [--quick] [--out DIR]``.
 """
@@ -31,10 +35,11 @@ from tcestim.bracket import tc_bracket
 from tcestim.estimators import minibatch_log_densities
 from tcestim.exact import decompose_exact
 from tcestim.gaussian import gaussian_tc_of_means
+from tcestim.jackknife import jackknife_log_densities_by_order
 from tcestim.knn import knn_total_correlation
 from tcestim.synthetic import gaussian_limit_tc, make_posterior
 
-MIXTURE_ESTIMATORS = ("mws", "mss", "stratified", "mss-legacy", "bank", "bank+jackknife")
+MIXTURE_ESTIMATORS = ("mws", "mss", "stratified", "mss-legacy", "bank", "bank+jackknife", "bank+jackknife1")
 OTHER_ESTIMATORS = ("bracket-lower", "bracket-upper", "tc-of-means", "knn")
 ALL_ESTIMATORS = MIXTURE_ESTIMATORS + OTHER_ESTIMATORS
 
@@ -94,36 +99,47 @@ def exact_truth(posterior, config: StudyConfig, generator: torch.Generator) -> T
                  gaussian=gaussian_limit_tc(posterior))
 
 
-def _mixture_parts(z, mu, logvar, N, estimator, bank=None, jackknife=False):
-    _, _, _, log_qz, log_qzd = minibatch_log_densities(
-        z, mu, logvar, dataset_size=N, estimator=estimator, bank=bank, jackknife=jackknife)
+def _parts(log_qz: torch.Tensor, log_qzd: torch.Tensor) -> dict:
     joint, marginal = float(log_qz.double().mean()), float(log_qzd.double().sum(1).mean())
-    return joint - marginal, joint, marginal
+    return dict(tc=joint - marginal, joint=joint, marginal=marginal)
+
+
+def _mixture_parts(z, mu, logvar, N, estimator, bank=None) -> dict:
+    _, _, _, log_qz, log_qzd = minibatch_log_densities(z, mu, logvar, dataset_size=N, estimator=estimator, bank=bank)
+    return _parts(log_qz, log_qzd)
 
 
 def run_estimators(posterior, batch_size: int, config: StudyConfig, generator: torch.Generator) -> Iterable[dict]:
-    """One minibatch (and its bank): every estimator's TC, joint and marginal parts."""
+    """One minibatch (and its bank): every estimator's TC, joint and marginal parts, each with the
+    exact decomposition at the same z (keys batch_exact, batch_exact_joint, batch_exact_marginal)."""
     N, D = posterior.mu.shape
     order = torch.randperm(N, generator=generator)
     index = order[:batch_size]
     z = posterior.sample(index, generator)
     mu, logvar = posterior.mu[index], posterior.logvar[index]
-    bank_index = order[batch_size: batch_size + config.bank_size]
-    bank = MemoryBank(config.bank_size, D)
-    bank.update(posterior.mu[bank_index], posterior.logvar[bank_index])
+    exact = decompose_exact(z, mu, logvar, posterior.mu, posterior.logvar, progress=False)
+    at_z = _parts(exact.log_qz, exact.log_qzd)
+    paired = dict(batch_exact=at_z["tc"], batch_exact_joint=at_z["joint"], batch_exact_marginal=at_z["marginal"])
+    no_parts = dict(joint=math.nan, marginal=math.nan)
+
+    def row(name, **values):
+        return dict(estimator=name, **values, **paired)
+
     for name in ("mws", "mss", "stratified", "mss-legacy"):
-        tc, joint, marginal = _mixture_parts(z, mu, logvar, N, name)
-        yield dict(estimator=name, tc=tc, joint=joint, marginal=marginal)
-    tc, joint, marginal = _mixture_parts(z, mu, logvar, N, "stratified", bank=bank)
-    yield dict(estimator="bank", tc=tc, joint=joint, marginal=marginal)
-    tc, joint, marginal = _mixture_parts(z, mu, logvar, N, "stratified", bank=bank, jackknife=True)
-    yield dict(estimator="bank+jackknife", tc=tc, joint=joint, marginal=marginal)
+        yield row(name, **_mixture_parts(z, mu, logvar, N, name))
+    bank = MemoryBank(config.bank_size, D)
+    bank_index = order[batch_size: batch_size + config.bank_size]
+    bank.update(posterior.mu[bank_index], posterior.logvar[bank_index])
+    yield row("bank", **_mixture_parts(z, mu, logvar, N, "stratified", bank=bank))
+    jackknifed = jackknife_log_densities_by_order(z, torch.cat([mu, bank.mu]), torch.cat([logvar, bank.logvar]), N)
+    yield row("bank+jackknife", **_parts(*jackknifed[2]))
+    yield row("bank+jackknife1", **_parts(*jackknifed[1]))
     lower, upper = tc_bracket(z, mu, logvar, dataset_size=N)
-    yield dict(estimator="bracket-lower", tc=float(lower), joint=math.nan, marginal=math.nan)
-    yield dict(estimator="bracket-upper", tc=float(upper), joint=math.nan, marginal=math.nan)
+    yield row("bracket-lower", tc=float(lower), **no_parts)
+    yield row("bracket-upper", tc=float(upper), **no_parts)
     if batch_size > D:
-        yield dict(estimator="tc-of-means", tc=float(gaussian_tc_of_means(mu)), joint=math.nan, marginal=math.nan)
-    yield dict(estimator="knn", tc=knn_total_correlation(z, k=config.knn_k), joint=math.nan, marginal=math.nan)
+        yield row("tc-of-means", tc=float(gaussian_tc_of_means(mu)), **no_parts)
+    yield row("knn", tc=knn_total_correlation(z, k=config.knn_k), **no_parts)
 
 
 def run_study(config: StudyConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
@@ -152,7 +168,11 @@ def run_study(config: StudyConfig, progress: bool = True) -> tuple[list[dict], l
 
 
 def summarise(rows: list[dict], truths: list[dict]) -> list[dict]:
-    """Mean, standard deviation and bias (against both truths) per configuration and estimator."""
+    """Mean, standard deviation and bias per configuration and estimator.
+
+    bias (against the exact finite-N TC) and its standard error come from the paired differences
+    estimate - exact-at-the-same-z; bias_gaussian is mean - the closed-form limit.
+    """
     truth_of = {(t["rho"], t["noise_std"], t["D"]): t for t in truths}
     groups = defaultdict(list)
     for r in rows:
@@ -160,29 +180,32 @@ def summarise(rows: list[dict], truths: list[dict]) -> list[dict]:
     out = []
     for (rho, s, D, M, name), group in sorted(groups.items(), key=lambda kv: (kv[0][:4], ALL_ESTIMATORS.index(kv[0][4]))):
         truth = truth_of[(rho, s, D)]
-        tc = np.array([g["tc"] for g in group])
-        joint = np.array([g["joint"] for g in group])
-        marginal = np.array([g["marginal"] for g in group])
-        mean = float(tc.mean())
+        column = lambda key: np.array([g[key] for g in group])  # noqa: E731
+        tc = column("tc")
+        paired = tc - column("batch_exact")
+        mean, bias = float(tc.mean()), float(paired.mean())
         out.append(dict(
             rho=rho, noise_std=s, D=D, M=M, estimator=name, repeats=len(tc), mean=mean,
             std=float(tc.std(ddof=1)) if len(tc) > 1 else math.nan,
             exact=truth["exact"], exact_se=truth["exact_se"], gaussian=truth["gaussian"],
-            bias_exact=mean - truth["exact"], bias_gaussian=mean - truth["gaussian"],
-            relative_bias_exact=(mean - truth["exact"]) / truth["exact"] if abs(truth["exact"]) > 1e-9 else math.nan,
-            bias_joint=float(joint.mean()) - truth["exact_joint"],
-            bias_marginal=float(marginal.mean()) - truth["exact_marginal"],
+            bias_exact=bias,
+            bias_se=float(paired.std(ddof=1) / math.sqrt(len(paired))) if len(paired) > 1 else math.nan,
+            bias_gaussian=mean - truth["gaussian"],
+            relative_bias_exact=bias / truth["exact"] if abs(truth["exact"]) > 1e-9 else math.nan,
+            bias_joint=float((column("joint") - column("batch_exact_joint")).mean()),
+            bias_marginal=float((column("marginal") - column("batch_exact_marginal")).mean()),
         ))
     return out
 
 
 def bracket_coverage(summary: list[dict]) -> tuple[int, int]:
-    """(configurations where mean lower <= exact <= mean upper, all configurations)."""
+    """(configurations where E[lower] <= exact TC <= E[upper], all configurations), judged by the
+    paired biases: mean(lower - exact at z) <= 0 <= mean(upper - exact at z)."""
     by_config = defaultdict(dict)
     for s in summary:
         by_config[(s["rho"], s["noise_std"], s["D"], s["M"])][s["estimator"]] = s
     hits = sum(1 for c in by_config.values()
-               if c["bracket-lower"]["mean"] <= c["bracket-lower"]["exact"] <= c["bracket-upper"]["mean"])
+               if c["bracket-lower"]["bias_exact"] <= 0.0 <= c["bracket-upper"]["bias_exact"])
     return hits, len(by_config)
 
 
@@ -193,14 +216,16 @@ def markdown_table(summary: list[dict], config: StudyConfig) -> str:
         "",
         f"mu ~ N(0, equicorrelated rho), z|mu ~ N(mu, s^2 I), N = {config.dataset_size}, bank K = "
         f"{config.bank_size}, {config.repeats} minibatches per row. TC in nats. 'exact' is the finite-N "
-        f"truth (Monte Carlo, ± standard error), 'gaussian' the N -> inf closed form. bias = mean - exact. "
+        f"truth (Monte Carlo, ± standard error), 'gaussian' the N -> inf closed form. bias: mean of "
+        f"(estimate - exact decomposition at the same z) ± its standard error; rel. bias = bias / exact. "
+        f"bank+jackknife is the second-order jackknife (the default), bank+jackknife1 the first-order one. "
         f"Joint/marginal: bias of E[log q(z)] and of E[sum_d log q(z_d)] (TC bias = joint - marginal). "
         f"mws is offset by (D-1) log N by construction.",
         "",
-        f"Bracket coverage: mean lower <= exact <= mean upper in {hits} of {total} configurations "
+        f"Bracket coverage: bias(lower) <= 0 <= bias(upper) in {hits} of {total} configurations "
         f"({100.0 * hits / max(total, 1):.0f}%).",
         "",
-        "| rho | s | D | M | exact | gaussian | estimator | mean ± std | bias | rel. bias | joint bias | marginal bias |",
+        "| rho | s | D | M | exact | gaussian | estimator | mean ± std | bias ± se | rel. bias | joint bias | marginal bias |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
@@ -208,8 +233,31 @@ def markdown_table(summary: list[dict], config: StudyConfig) -> str:
         part = lambda v: "" if math.isnan(v) else f"{v:+.3f}"  # noqa: E731
         lines.append(
             f"| {s['rho']} | {s['noise_std']} | {s['D']} | {s['M']} | {s['exact']:.3f} ± {s['exact_se']:.3f} "
-            f"| {s['gaussian']:.3f} | {s['estimator']} | {s['mean']:.3f} ± {s['std']:.3f} | {s['bias_exact']:+.3f} "
+            f"| {s['gaussian']:.3f} | {s['estimator']} | {s['mean']:.3f} ± {s['std']:.3f} | {s['bias_exact']:+.3f} ± {s['bias_se']:.3f} "
             f"| {rel} | {part(s['bias_joint'])} | {part(s['bias_marginal'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size: int) -> str:
+    """Markdown: one row per D, one column per estimator (bias ± se and relative bias), as in the README."""
+    sel = [x for x in summary if x["rho"] == rho and x["noise_std"] == noise_std and x["M"] == batch_size]
+    names = [e for e in ALL_ESTIMATORS if e != "mws" and any(x["estimator"] == e for x in sel)]
+    lines = [f"**rho = {rho}, s = {noise_std}, M = {batch_size}** (bias ± standard error in nats, relative "
+             f"bias in brackets)", "",
+             "| D | exact | gaussian | " + " | ".join(names) + " |",
+             "|---:|---:|---:|" + "---:|" * len(names)]
+    for D in sorted({x["D"] for x in sel}):
+        by_name = {x["estimator"]: x for x in sel if x["D"] == D}
+        first = next(iter(by_name.values()))
+        cells = []
+        for name in names:
+            x = by_name.get(name)
+            if x is None:
+                cells.append("")
+                continue
+            rel = "" if math.isnan(x["relative_bias_exact"]) else f" ({100 * x['relative_bias_exact']:+.1f}%)"
+            cells.append(f"{x['bias_exact']:+.3f} ± {x['bias_se']:.3f}{rel}")
+        lines.append(f"| {D} | {first['exact']:.3f} | {first['gaussian']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,7 +284,7 @@ def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
                         if not pts:
                             continue
                         dims = [p["D"] for p in pts]
-                        err = [p["std"] / math.sqrt(p["repeats"]) if key == "bias_exact" else 0 for p in pts]
+                        err = [p["bias_se"] if key == "bias_exact" else 0 for p in pts]
                         ax.errorbar(dims, [p[key] for p in pts], yerr=err, marker="o", capsize=3, label=name)
                     ax.axhline(0.0, color="black", linewidth=0.8)
                     ax.set_xscale("log", base=2)
@@ -268,6 +316,11 @@ def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seco
         f.write(markdown_table(summary, config))
         f.write(f"\nRun: {time.strftime('%Y-%m-%d')}, {seconds:.0f} s, torch {torch.__version__}, "
                 f"config {json.dumps(dataclasses.asdict(config))}\n")
+    paths.append(path)
+    path = os.path.join(out_dir, "headline.md")
+    middle = config.batch_sizes[len(config.batch_sizes) // 2]
+    with open(path, "w") as f:
+        f.write("\n".join(headline_table(summary, rho, s, middle) for rho in config.rhos for s in config.noise_stds))
     paths.append(path)
     paths += plot(summary, config, out_dir)
     return paths

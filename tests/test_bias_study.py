@@ -31,9 +31,13 @@ def test_study_rows_summary_and_outputs(tmp_path):
     summary = bias_study.summarise(rows, truths)
     assert len(summary) == len(TINY.dims) * len(bias_study.ALL_ESTIMATORS)
     for s in summary:
-        assert s["bias_exact"] == pytest.approx(s["mean"] - s["exact"])
+        group = [r for r in rows if (r["D"], r["estimator"]) == (s["D"], s["estimator"])]
+        paired = [r["tc"] - r["batch_exact"] for r in group]
+        assert s["bias_exact"] == pytest.approx(sum(paired) / len(paired))
+        assert s["bias_se"] >= 0.0
         if s["D"] == 1 and s["estimator"] in ("stratified", "mss", "bank", "mws"):
             assert abs(s["mean"]) < 1e-5  # TC of one dimension is zero (mws too: (D-1) log N = 0)
+            assert abs(s["bias_exact"]) < 1e-5
         if not math.isnan(s["bias_joint"]):
             assert s["bias_exact"] == pytest.approx(s["bias_joint"] - s["bias_marginal"], abs=1e-6)
     hits, total = bias_study.bracket_coverage(summary)
@@ -44,6 +48,7 @@ def test_study_rows_summary_and_outputs(tmp_path):
     with open(tmp_path / "summary.csv") as f:
         assert len(list(csv.DictReader(f))) == len(summary)
     assert "Bracket coverage" in (tmp_path / "summary.md").read_text()
+    assert "bank+jackknife1" in (tmp_path / "headline.md").read_text()
     assert any(p.endswith(".png") for p in paths)
 
 
