@@ -158,8 +158,10 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
             is elementwise, or a callable ``z -> (B, D)`` of per-dimension log densities.
         bank: a :class:`tcestim.MemoryBank` of past encodings to add as components ("stratified"
             weights: own component 1/N, every other (N - 1) / (N (B - 1 + K))).
-        jackknife: leave-one-component-out jackknife correction of log q(z) and log q(z_d)
-            ("stratified" only; see :mod:`tcestim.jackknife`).
+        jackknife: second-order finite-population jackknife correction of log q(z) and log q(z_d)
+            from the leave-one- and leave-two-component-out estimates ("stratified" only; needs
+            at least 3 components, first order with exactly 3; no correction when batch + bank
+            hold the whole dataset; O(B K D) extra work in PyTorch; see :mod:`tcestim.jackknife`).
 
     Returns:
         :class:`KLDecomposition` of per-sample tensors (nats); average them for batch estimates.
@@ -180,7 +182,7 @@ def total_correlation(z, mu, logvar, *, dataset_size: Optional[int] = None,
         estimator: "stratified" (default), "mss", "mws" or "mss-legacy" (see :mod:`tcestim.weights`).
             "mws" is offset by about (D - 1) log N in value (its gradients are fine).
         bank: a :class:`tcestim.MemoryBank`: past encodings join the components (see :func:`decompose`).
-        jackknife: jackknife bias correction ("stratified" only).
+        jackknife: second-order jackknife bias correction ("stratified" only; see :func:`decompose`).
 
     Returns:
         Scalar tensor: the batch mean of log q(z_i) - sum_d log q(z_id). Differentiable.

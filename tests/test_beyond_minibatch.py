@@ -341,3 +341,31 @@ def test_bracket_contains_the_exact_tc_on_average():
         lows.append(float(lo))
         highs.append(float(hi))
     assert np.mean(lows) - 3 * se <= exact <= np.mean(highs) + 3 * se
+
+
+def test_second_order_jackknife_removes_more_bias_exactly_over_all_samples():
+    """Exact expectations, no Monte Carlo: every 6-of-12 sample of the other components is
+    enumerated, so E[estimate] - log q(z) is the estimator's exact bias under the sampling design.
+    Over 40 populations from light- to heavy-tailed (a few terms dominate), the second-order
+    jackknife leaves on average about half the first-order bias (0.033 vs 0.063 nats), which
+    leaves under a third of the plain stratified estimate's (0.22)."""
+    from tcestim.jackknife import _corrected_rows_by_order
+
+    P, n = 12, 6
+    N = P + 1
+    samples = torch.tensor(list(itertools.combinations(range(P), n)))
+    biases = {"plain": [], 1: [], 2: []}
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        log_t = [0.5, 1.0, 2.0, 3.0][seed % 4] * torch.randn(P, generator=g, dtype=torch.float64)
+        log_self = torch.randn((), generator=g, dtype=torch.float64)
+        truth = float(torch.logsumexp(torch.cat([log_self[None], log_t]), 0)) - math.log(N)
+        log_c = math.log((N - 1) / (N * n)) + log_t[samples]
+        log_a = (log_self - math.log(N)).expand(len(samples))
+        biases["plain"].append(float(torch.logsumexp(torch.cat([log_a[:, None], log_c], 1), 1).mean()) - truth)
+        for order, value in _corrected_rows_by_order(log_a, log_c, P, (1, 2)).items():
+            biases[order].append(float(value.mean()) - truth)
+    mean_abs = {k: np.mean(np.abs(v)) for k, v in biases.items()}
+    assert mean_abs[2] < 0.6 * mean_abs[1] and mean_abs[1] < 0.5 * mean_abs["plain"]
+    light = slice(0, None, 4)  # log-normal spread 0.5: the second order is all but exact
+    assert np.max(np.abs(biases[2][light])) < 1e-4 < np.max(np.abs(biases["plain"][light]))
