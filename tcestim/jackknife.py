@@ -42,10 +42,9 @@ SERIES_TERMS = 10
 
 
 def _safe_log(x: torch.Tensor) -> torch.Tensor:
-    """log(x) for x >= 0, -inf at 0 with a zero (not NaN) gradient there."""
-    positive = x > 0
-    return torch.where(positive, torch.log(torch.where(positive, x, torch.ones_like(x))),
-                       torch.full_like(x, -math.inf))
+    """log(x) for x >= 0, -inf at 0 with a zero (not NaN) gradient there; NaN stays NaN."""
+    zero = x == 0
+    return torch.where(zero, torch.full_like(x, -math.inf), torch.log(torch.where(zero, torch.ones_like(x), x)))
 
 
 def extrapolation_weights(n: int, population: int, order: int) -> tuple[float, float]:
@@ -106,6 +105,7 @@ def _row_means(log_a_self: torch.Tensor, log_c_others: torch.Tensor, with_pairs:
     """
     n = log_c_others.shape[1]
     top_log = torch.maximum(log_a_self, log_c_others.max(dim=1).values).detach()
+    top_log = torch.where(torch.isfinite(top_log), top_log, torch.zeros_like(top_log))  # all -inf: z = +-inf
     log_a = log_a_self - top_log
     v = torch.exp(log_c_others - top_log[:, None])          # (R, n), largest entry <= 1
     total = v.sum(1)
@@ -170,7 +170,9 @@ def _corrected_rows_by_order(log_a_self, log_c_others, population: int, orders) 
         theta = torch.logaddexp(log_a_self, torch.logsumexp(log_c_others, dim=1))
         return {order: theta for order in orders}
     theta, loo, pairs = _row_means(log_a_self, log_c_others, with_pairs=max(effective.values()) == 2)
-    return {order: theta + w1 * loo + (w2 * pairs if w2 else 0.0) for order, (w1, w2) in weights.items()}
+    vanishing = torch.isneginf(theta)  # q(z) = 0 (z = +-inf): the estimate and its corrections are -inf
+    return {order: torch.where(vanishing, theta, theta + w1 * loo + (w2 * pairs if w2 else 0.0))
+            for order, (w1, w2) in weights.items()}
 
 
 def _jackknife_log_density(values: torch.Tensor, self_mask: torch.Tensor, log_a: float, log_c: float,

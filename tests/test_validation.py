@@ -680,3 +680,26 @@ def test_reference_agrees_on_a_plain_case():
     ref = ref_decomposition(to_numpy(z), to_numpy(mu), to_numpy(logvar), "mss", 17)
     for name in FIELDS:
         np.testing.assert_allclose(to_numpy(getattr(out, name)), ref[name], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jackknife_follows_the_nan_and_inf_rules(dtype):
+    """The jackknife path obeys the same documented NaN/Inf behaviour as the fused kernels."""
+    z, mu, logvar = posterior(B=6, D=3, dtype=dtype)
+    for value in (float("inf"), float("-inf")):
+        z_inf = z.clone()
+        z_inf[3, 0] = value
+        out = tcestim.decompose(z_inf, mu, logvar, dataset_size=40, jackknife=True)
+        assert out.log_qz[3].item() == float("-inf") and out.log_qzd[3, 0].item() == float("-inf")
+        assert torch.isfinite(out.log_qzd[3, 1:]).all()
+        assert torch.isfinite(out.log_qz[[0, 1, 2, 4, 5]]).all()
+    mu_nan = mu.clone()
+    mu_nan[4, 0] = float("nan")
+    out = tcestim.decompose(z, mu_nan, logvar, dataset_size=40, jackknife=True)
+    assert torch.isnan(out.log_qz).all() and torch.isnan(out.log_qzd[:, 0]).all()
+    assert torch.isfinite(out.log_qzd[:, 1:]).all()
+    logvar_inf = logvar.clone()
+    logvar_inf[2] = float("inf")
+    out = tcestim.decompose(z, mu, logvar_inf, dataset_size=40, jackknife=True)
+    others = [0, 1, 3, 4, 5]
+    assert torch.isfinite(out.log_qz[others]).all() and torch.isfinite(out.log_qzd[others]).all()
