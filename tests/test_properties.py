@@ -386,3 +386,51 @@ def test_decompose_matches_reference_large_batches(estimator, data):
         ref = ref_decomposition(to_numpy(z), to_numpy(mu), to_numpy(logvar), estimator, effective_n(N, B))
         for name in FIELDS:
             assert_close(getattr(out, name), ref[name], rtol=1e-10, atol=1e-10, what=f"{isa} {name}")
+
+
+# ----------------------------------------------------------------------------------------------
+# jackknife (with and without a memory bank)
+
+
+@SETTINGS
+@given(data=posteriors(min_b=3), seed=seeds, bank_size=st.integers(0, 40), extra=st.integers(0, 500))
+def test_jackknife_symmetries(data, seed, bank_size, extra):
+    """Batch and dimension permutations permute the jackknifed outputs; a per-dimension affine map
+    shifts log q(z_d) by -log|a_d| and leaves the TC unchanged."""
+    z, mu, logvar = data
+    B, D = z.shape
+    g = torch.Generator().manual_seed(seed)
+    bank = None
+    if bank_size:
+        bank = tcestim.MemoryBank(bank_size, D)
+        bank.update(mu[torch.randint(B, (bank_size,), generator=g)] + torch.randn(bank_size, D, generator=g,
+                                                                                  dtype=mu.dtype),
+                    logvar[torch.randint(B, (bank_size,), generator=g)])
+    N = B + bank_size + extra
+
+    def run(z, mu, logvar, bank):
+        return tcestim.decompose(z, mu, logvar, dataset_size=N, bank=bank, jackknife=True)
+
+    out = run(z, mu, logvar, bank)
+    perm = torch.randperm(B, generator=g)
+    out_p = run(z[perm], mu[perm], logvar[perm], bank)
+    for name in ("log_qz", "log_qzd", "tc"):
+        assert_close(getattr(out_p, name), getattr(out, name)[perm], rtol=1e-9, atol=1e-9, what=name)
+    dims = torch.randperm(D, generator=g)
+    bank_d = None
+    if bank is not None:
+        bank_d = tcestim.MemoryBank(bank_size, D)
+        bank_d.update(bank.mu[:, dims], bank.logvar[:, dims])
+    out_d = run(z[:, dims], mu[:, dims], logvar[:, dims], bank_d)
+    assert_close(out_d.log_qzd, out.log_qzd[:, dims], rtol=1e-9, atol=1e-9, what="log_qzd")
+    assert_close(out_d.tc, out.tc, rtol=1e-9, atol=1e-9, what="tc")
+    scale = torch.exp(torch.randn(D, generator=g, dtype=z.dtype)) * torch.sign(torch.randn(D, generator=g,
+                                                                                          dtype=z.dtype))
+    shift = torch.randn(D, generator=g, dtype=z.dtype)
+    bank_a = None
+    if bank is not None:
+        bank_a = tcestim.MemoryBank(bank_size, D)
+        bank_a.update(bank.mu * scale + shift, bank.logvar + 2 * scale.abs().log())
+    out_a = run(z * scale + shift, mu * scale + shift, logvar + 2 * scale.abs().log(), bank_a)
+    assert_close(out_a.log_qzd, out.log_qzd - scale.abs().log(), rtol=1e-8, atol=1e-8, what="log_qzd")
+    assert_close(out_a.tc, out.tc, rtol=1e-8, atol=1e-8, what="tc")
