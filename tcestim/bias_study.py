@@ -301,6 +301,47 @@ def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
     return files
 
 
+def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
+    """PNG per s: bias of bank, bank + first- and second-order jackknife vs D at the middle M, in
+    nats and in per cent of the exact TC, with standard-error bars and the ±3% target band."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    middle = config.batch_sizes[len(config.batch_sizes) // 2]
+    files = []
+    for s in config.noise_stds:
+        fig, (absolute, relative) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for name, colour in (("bank", "tab:red"), ("bank+jackknife1", "tab:brown"), ("bank+jackknife", "tab:purple")):
+            for rho, style in zip(config.rhos, ("-", "--", ":")):
+                pts = [x for x in summary if x["estimator"] == name and x["noise_std"] == s and x["rho"] == rho
+                       and x["M"] == middle]
+                label = f"{name}, rho = {rho}"
+                absolute.errorbar([p["D"] for p in pts], [p["bias_exact"] for p in pts],
+                                  yerr=[p["bias_se"] for p in pts], color=colour, linestyle=style, marker="o",
+                                  capsize=3, label=label)
+                pts = [p for p in pts if not math.isnan(p["relative_bias_exact"])]
+                relative.errorbar([p["D"] for p in pts], [100 * p["relative_bias_exact"] for p in pts],
+                                  yerr=[100 * p["bias_se"] / abs(p["exact"]) for p in pts], color=colour,
+                                  linestyle=style, marker="o", capsize=3, label=label)
+        relative.axhspan(-3, 3, color="green", alpha=0.1, label="±3%")
+        for ax, unit in ((absolute, "bias (nats)"), (relative, "bias (% of exact TC)")):
+            ax.axhline(0.0, color="black", linewidth=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("D")
+            ax.set_ylabel(unit)
+        relative.set_ylim(-25, 25)
+        relative.legend(fontsize=7)
+        fig.suptitle(f"memory bank (K = {config.bank_size}) and jackknife: s = {s}, M = {middle}, "
+                     f"N = {config.dataset_size}")
+        fig.tight_layout()
+        path = os.path.join(out_dir, f"bank_bias_s{s}.png")
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        files.append(path)
+    return files
+
+
 def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seconds: float) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     paths = []
@@ -323,6 +364,7 @@ def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seco
         f.write("\n".join(headline_table(summary, rho, s, middle) for rho in config.rhos for s in config.noise_stds))
     paths.append(path)
     paths += plot(summary, config, out_dir)
+    paths += plot_bank(summary, config, out_dir)
     return paths
 
 
