@@ -238,12 +238,17 @@ def markdown_table(summary: list[dict], config: StudyConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size: int) -> str:
-    """Markdown: one row per D, one column per estimator (bias ± se and relative bias), as in the README."""
+def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size: int,
+                   names: Iterable[str] | None = None, min_relative: float = 0.05) -> str:
+    """Markdown: one row per D, one column per estimator (bias ± se in nats, and in per cent of the
+    exact TC where that is at least ``min_relative`` nats), as in the README."""
     sel = [x for x in summary if x["rho"] == rho and x["noise_std"] == noise_std and x["M"] == batch_size]
-    names = [e for e in ALL_ESTIMATORS if e != "mws" and any(x["estimator"] == e for x in sel)]
-    lines = [f"**rho = {rho}, s = {noise_std}, M = {batch_size}** (bias ± standard error in nats, relative "
-             f"bias in brackets)", "",
+    if names is None:
+        names = [e for e in ALL_ESTIMATORS if e != "mws"]
+    names = [e for e in names if any(x["estimator"] == e for x in sel)]
+    number = lambda v: f"{round(v, 3) + 0.0:.3f}"  # noqa: E731  (no "-0.000")
+    lines = [f"**rho = {rho}, s = {noise_std}, M = {batch_size}** (bias ± standard error in nats; in "
+             f"brackets, per cent of the exact TC where that is at least {min_relative} nats)", "",
              "| D | exact | gaussian | " + " | ".join(names) + " |",
              "|---:|---:|---:|" + "---:|" * len(names)]
     for D in sorted({x["D"] for x in sel}):
@@ -255,9 +260,9 @@ def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size
             if x is None:
                 cells.append("")
                 continue
-            rel = "" if math.isnan(x["relative_bias_exact"]) else f" ({100 * x['relative_bias_exact']:+.1f}%)"
-            cells.append(f"{x['bias_exact']:+.3f} ± {x['bias_se']:.3f}{rel}")
-        lines.append(f"| {D} | {first['exact']:.3f} | {first['gaussian']:.3f} | " + " | ".join(cells) + " |")
+            rel = (f" ({100 * x['bias_exact'] / x['exact']:+.1f}%)" if abs(x["exact"]) >= min_relative else "")
+            cells.append(f"{round(x['bias_exact'], 3) + 0.0:+.3f} ± {x['bias_se']:.3f}{rel}")
+        lines.append(f"| {D} | {number(first['exact'])} | {number(first['gaussian'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
