@@ -27,8 +27,8 @@ terms). The mean over the n (n - 1) / 2 leave-two-out pairs is exact for pairs a
 ``TOP_TERMS`` largest others and uses the log1p power series, through power sums, for the rest:
 each pair's series ratio r is at most 2 / TOP_TERMS = 1/16 and the ratios sum to at most n, so
 truncating after ``SERIES_TERMS`` = 7 terms errs by at most sum r^8 / 7 <= 6e-10 n nats over all
-pairs, which enter the result with weight about (1 - n/P)^2 / (n (n - 1) / 2) each. Cost O(K) per
-output element.
+pairs; each pair enters the result with weight about (1 - n/P)^2 <= 1, so the result errs by less
+than 3e-6 nats at n = 4352. Cost O(K) per output element.
 """
 from __future__ import annotations
 
