@@ -70,13 +70,34 @@ def extrapolation_weights(n: int, population: int, order: int) -> tuple[float, f
     return w1, w2
 
 
+class _PowerSums(torch.autograd.Function):
+    """(sum_j v_j^1, ..., sum_j v_j^count) over the last dimension, stacked last; the backward is
+    one Horner pass (d/dv sum_q g_q v^q = sum_q q g_q v^(q-1)) instead of a graph of count powers."""
+
+    @staticmethod
+    def forward(ctx, v: torch.Tensor, count: int) -> torch.Tensor:
+        sums, power = [], v
+        for q in range(count):
+            sums.append(power.sum(-1))
+            if q + 1 < count:
+                power = power * v
+        ctx.save_for_backward(v)
+        return torch.stack(sums, -1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (v,) = ctx.saved_tensors
+        count = grad.shape[-1]
+        coefficient = lambda q: (q * grad[..., q - 1]).unsqueeze(-1)  # noqa: E731
+        polynomial = coefficient(count).expand_as(v)
+        for q in range(count - 1, 0, -1):
+            polynomial = polynomial * v + coefficient(q)
+        return polynomial, None
+
+
 def _power_sums(v: torch.Tensor, count: int) -> list[torch.Tensor]:
     """[sum v^1, ..., sum v^count] over the last dimension."""
-    sums, power = [], v
-    for _ in range(count):
-        sums.append(power.sum(-1))
-        power = power * v
-    return sums
+    return list(_PowerSums.apply(v, count).unbind(-1))
 
 
 def _log1m_series(ratio: torch.Tensor, power_sums: list[torch.Tensor]) -> torch.Tensor:
@@ -177,14 +198,16 @@ def _corrected_rows_by_order(log_a_self, log_c_others, population: int, orders) 
             for order, (w1, w2) in weights.items()}
 
 
-def _jackknife_log_density(values: torch.Tensor, self_mask: torch.Tensor, log_a: float, log_c: float,
+def _jackknife_log_density(values: torch.Tensor, own: torch.Tensor, log_a: float, log_c: float,
                            population: int, orders) -> dict:
-    """values (m, K, ...) log q(z_i | component k); self_mask (m, K) marks the query's own column."""
+    """values (m, K, ...) log q(z_i | component k); own (m,) the column of each query's own component."""
     moved = values.movedim(1, -1)                            # (m, ..., K)
-    mask = self_mask.view(self_mask.shape[0], *([1] * (moved.dim() - 2)), self_mask.shape[1]).expand_as(moved)
-    K = moved.shape[-1]
-    log_self = moved.masked_select(mask).view(moved.shape[:-1])
-    log_others = moved.masked_select(~mask).view(*moved.shape[:-1], K - 1)
+    m, K = moved.shape[0], moved.shape[-1]
+    middle = [1] * (moved.dim() - 2)
+    others = torch.arange(K - 1, device=own.device)[None, :]
+    others = others + (others >= own[:, None])               # (m, K - 1): every column but the own one
+    log_self = moved.gather(-1, own.view(m, *middle, 1).expand(*moved.shape[:-1], 1)).squeeze(-1)
+    log_others = moved.gather(-1, others.view(m, *middle, K - 1).expand(*moved.shape[:-1], K - 1))
     rows = _corrected_rows_by_order((log_a + log_self).reshape(-1).double(),
                                     (log_c + log_others).reshape(-1, K - 1).double(), population, orders)
     return {order: r.view(moved.shape[:-1]).to(values.dtype) for order, r in rows.items()}
@@ -219,13 +242,11 @@ def jackknife_log_densities_by_order(z, components_mu, components_logvar, datase
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
     joint = {order: [] for order in orders}
     marginals = {order: [] for order in orders}
-    columns = torch.arange(K, device=z.device)
     for start in range(0, B, rows_per_chunk):
         rows = torch.arange(start, min(B, start + rows_per_chunk), device=z.device)
         cube = log_normal_diag(z[rows, None, :], components_mu[None], components_logvar[None])
-        self_mask = columns[None, :] == rows[:, None]
-        for order, value in _jackknife_log_density(cube.sum(-1), self_mask, log_a, log_c, N - 1, orders).items():
+        for order, value in _jackknife_log_density(cube.sum(-1), rows, log_a, log_c, N - 1, orders).items():
             joint[order].append(value)
-        for order, value in _jackknife_log_density(cube, self_mask, log_a, log_c, N - 1, orders).items():
+        for order, value in _jackknife_log_density(cube, rows, log_a, log_c, N - 1, orders).items():
             marginals[order].append(value)
     return {order: (torch.cat(joint[order]), torch.cat(marginals[order])) for order in orders}
