@@ -15,8 +15,8 @@ import torch
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.gaussian import log_normal_diag, standard_normal_log_prob
 from tcestim.mixture import mixture_logdensity
-from tcestim.weights import (StructuredLogWeights, check_estimator, estimator_log_weights,
-                             resolve_dataset_size)
+from tcestim.weights import (check_estimator, estimator_log_weights, resolve_dataset_size,
+                             stratified_log_weights)
 
 Prior = Union[None, torch.distributions.Distribution, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -107,9 +107,7 @@ def stratified_log_densities(z, components_mu, components_logvar, dataset_size: 
     if others < 1:
         raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
                          f"got {components_mu.shape[0]} component(s)")
-    other = math.log(N - 1) - math.log(N) - math.log(others) if N > 1 else -math.inf
-    weights = StructuredLogWeights(-math.log(N), other, other)
-    return mixture_logdensity(z, components_mu, components_logvar, weights)
+    return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others))
 
 
 def _prior_log_prob(prior: Prior, z: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import math
 import torch
 
 from tcestim.gaussian import log_normal_diag
+from tcestim.weights import StructuredLogWeights, stratified_log_weights
 
 _CHUNK_ELEMENTS = 1 << 21
 TOP_TERMS = 32
@@ -198,9 +199,10 @@ def _corrected_rows_by_order(log_a_self, log_c_others, population: int, orders) 
             for order, (w1, w2) in weights.items()}
 
 
-def _jackknife_log_density(values: torch.Tensor, own: torch.Tensor, log_a: float, log_c: float,
+def _jackknife_log_density(values: torch.Tensor, own: torch.Tensor, weights: StructuredLogWeights,
                            population: int, orders) -> dict:
-    """values (m, K, ...) log q(z_i | component k); own (m,) the column of each query's own component."""
+    """values (m, K, ...) log q(z_i | component k); own (m,) the column of each query's own component;
+    weights: the stratified log-weights (own, other)."""
     moved = values.movedim(1, -1)                            # (m, ..., K)
     m, K = moved.shape[0], moved.shape[-1]
     middle = [1] * (moved.dim() - 2)
@@ -208,8 +210,8 @@ def _jackknife_log_density(values: torch.Tensor, own: torch.Tensor, log_a: float
     others = others + (others >= own[:, None])               # (m, K - 1): every column but the own one
     log_self = moved.gather(-1, own.view(m, *middle, 1).expand(*moved.shape[:-1], 1)).squeeze(-1)
     log_others = moved.gather(-1, others.view(m, *middle, K - 1).expand(*moved.shape[:-1], K - 1))
-    rows = _corrected_rows_by_order((log_a + log_self).reshape(-1).double(),
-                                    (log_c + log_others).reshape(-1, K - 1).double(), population, orders)
+    rows = _corrected_rows_by_order((weights.self + log_self).reshape(-1).double(),
+                                    (weights.other + log_others).reshape(-1, K - 1).double(), population, orders)
     return {order: r.view(moved.shape[:-1]).to(values.dtype) for order, r in rows.items()}
 
 
@@ -237,16 +239,15 @@ def jackknife_log_densities_by_order(z, components_mu, components_logvar, datase
     if num_others < 2:
         raise ValueError(f"jackknife needs at least 3 mixture components (batch + bank), got {K}")
     N = dataset_size
-    log_a = -math.log(N)
-    log_c = math.log(N - 1) - math.log(N) - math.log(num_others) if N > 1 else -math.inf
+    weights = stratified_log_weights(N, num_others)
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
     joint = {order: [] for order in orders}
     marginals = {order: [] for order in orders}
     for start in range(0, B, rows_per_chunk):
         rows = torch.arange(start, min(B, start + rows_per_chunk), device=z.device)
         cube = log_normal_diag(z[rows, None, :], components_mu[None], components_logvar[None])
-        for order, value in _jackknife_log_density(cube.sum(-1), rows, log_a, log_c, N - 1, orders).items():
+        for order, value in _jackknife_log_density(cube.sum(-1), rows, weights, N - 1, orders).items():
             joint[order].append(value)
-        for order, value in _jackknife_log_density(cube, rows, log_a, log_c, N - 1, orders).items():
+        for order, value in _jackknife_log_density(cube, rows, weights, N - 1, orders).items():
             marginals[order].append(value)
     return {order: (torch.cat(joint[order]), torch.cat(marginals[order])) for order in orders}

@@ -63,6 +63,14 @@ def resolve_dataset_size(dataset_size, batch_size: int) -> int:
     return dataset_size
 
 
+def stratified_log_weights(dataset_size: int, num_others: int) -> StructuredLogWeights:
+    """Stratified weights for a query with ``num_others`` other components drawn from the N - 1 other
+    data points: its own component 1/N, every other one (N - 1) / (N num_others)."""
+    N = dataset_size
+    other = math.log(N - 1) - math.log(N) - math.log(num_others) if N > 1 else -math.inf
+    return StructuredLogWeights(-math.log(N), other, other)
+
+
 def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | None = None,
                           *, dtype: torch.dtype = torch.float64, device=None):
     """Log-weights of ``estimator`` for a batch of ``batch_size`` drawn from ``dataset_size`` points.
@@ -81,8 +89,7 @@ def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | N
     if estimator == "mws":
         return StructuredLogWeights.constant(-math.log(N) - math.log(B))
     if estimator == "stratified":
-        other = math.log(N - 1) - math.log(N) - math.log(B - 1)
-        return StructuredLogWeights(-math.log(N), other, other)
+        return stratified_log_weights(N, B - 1)
     if estimator == "mss":
         return StructuredLogWeights(-math.log(N), math.log(N - B + 1) - math.log(N) - math.log(B - 1),
                                     -math.log(B - 1))
