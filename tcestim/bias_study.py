@@ -32,7 +32,7 @@ import torch
 
 from tcestim.bank import MemoryBank
 from tcestim.bracket import tc_bracket
-from tcestim.estimators import minibatch_log_densities
+from tcestim.estimators import _bank_components, minibatch_log_densities
 from tcestim.exact import decompose_exact
 from tcestim.gaussian import gaussian_tc_of_means
 from tcestim.jackknife import jackknife_log_densities_by_order
@@ -131,7 +131,7 @@ def run_estimators(posterior, batch_size: int, config: StudyConfig, generator: t
     bank_index = order[batch_size: batch_size + config.bank_size]
     bank.update(posterior.mu[bank_index], posterior.logvar[bank_index])
     yield row("bank", **_mixture_parts(z, mu, logvar, N, "stratified", bank=bank))
-    jackknifed = jackknife_log_densities_by_order(z, torch.cat([mu, bank.mu]), torch.cat([logvar, bank.logvar]), N)
+    jackknifed = jackknife_log_densities_by_order(z, *_bank_components(bank, mu, logvar), N)
     yield row("bank+jackknife", **_parts(*jackknifed[2]))
     yield row("bank+jackknife1", **_parts(*jackknifed[1]))
     lower, upper = tc_bracket(z, mu, logvar, dataset_size=N)
@@ -266,11 +266,34 @@ def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
-    """PNG per (rho, s, M): TC bias vs D with error bars; and the joint / marginal bias parts."""
+def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    return plt
+
+
+def _bias_vs_dim_axes(ax, ylabel: str) -> None:
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("D")
+    ax.set_ylabel(ylabel)
+
+
+def _save(fig, path: str) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    _pyplot().close(fig)
+    return path
+
+
+def _middle_batch_size(config: StudyConfig) -> int:
+    return config.batch_sizes[len(config.batch_sizes) // 2]
+
+
+def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
+    """PNG per (rho, s, M): TC bias vs D with error bars; and the joint / marginal bias parts."""
+    plt = _pyplot()
 
     files = []
     shown = [e for e in ALL_ESTIMATORS if e != "mws"]
@@ -291,29 +314,19 @@ def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
                         dims = [p["D"] for p in pts]
                         err = [p["bias_se"] if key == "bias_exact" else 0 for p in pts]
                         ax.errorbar(dims, [p[key] for p in pts], yerr=err, marker="o", capsize=3, label=name)
-                    ax.axhline(0.0, color="black", linewidth=0.8)
-                    ax.set_xscale("log", base=2)
-                    ax.set_xlabel("D")
-                    ax.set_ylabel("nats")
+                    _bias_vs_dim_axes(ax, "nats")
                     ax.set_title(f"{title}, M = {M}")
                 axes[row][0].legend(fontsize=8)
             fig.suptitle(f"rho = {rho}, s = {s}, N = {config.dataset_size} (mws omitted: offset (D-1) log N)")
-            fig.tight_layout()
-            path = os.path.join(out_dir, f"bias_rho{rho}_s{s}.png")
-            fig.savefig(path, dpi=90)
-            plt.close(fig)
-            files.append(path)
+            files.append(_save(fig, os.path.join(out_dir, f"bias_rho{rho}_s{s}.png")))
     return files
 
 
 def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
     """PNG per s: bias of bank, bank + first- and second-order jackknife vs D at the middle M, in
     nats and in per cent of the exact TC, with standard-error bars and the ±3% target band."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    middle = config.batch_sizes[len(config.batch_sizes) // 2]
+    plt = _pyplot()
+    middle = _middle_batch_size(config)
     files = []
     for s in config.noise_stds:
         fig, (absolute, relative) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -330,20 +343,13 @@ def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[st
                                   yerr=[100 * p["bias_se"] / abs(p["exact"]) for p in pts], color=colour,
                                   linestyle=style, marker="o", capsize=3, label=label)
         relative.axhspan(-3, 3, color="green", alpha=0.1, label="±3%")
-        for ax, unit in ((absolute, "bias (nats)"), (relative, "bias (% of exact TC)")):
-            ax.axhline(0.0, color="black", linewidth=0.8)
-            ax.set_xscale("log", base=2)
-            ax.set_xlabel("D")
-            ax.set_ylabel(unit)
+        _bias_vs_dim_axes(absolute, "bias (nats)")
+        _bias_vs_dim_axes(relative, "bias (% of exact TC)")
         relative.set_ylim(-25, 25)
         relative.legend(fontsize=7)
         fig.suptitle(f"memory bank (K = {config.bank_size}) and jackknife: s = {s}, M = {middle}, "
                      f"N = {config.dataset_size}")
-        fig.tight_layout()
-        path = os.path.join(out_dir, f"bank_bias_s{s}.png")
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
-        files.append(path)
+        files.append(_save(fig, os.path.join(out_dir, f"bank_bias_s{s}.png")))
     return files
 
 
@@ -364,7 +370,7 @@ def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seco
                 f"config {json.dumps(dataclasses.asdict(config))}\n")
     paths.append(path)
     path = os.path.join(out_dir, "headline.md")
-    middle = config.batch_sizes[len(config.batch_sizes) // 2]
+    middle = _middle_batch_size(config)
     with open(path, "w") as f:
         f.write("\n".join(headline_table(summary, rho, s, middle) for rho in config.rhos for s in config.noise_stds))
     paths.append(path)

@@ -144,8 +144,8 @@ def _row_means(log_a_self: torch.Tensor, log_c_others: torch.Tensor, with_pairs:
     rest_total = rest.sum(1)
     others_of_top = top.unsqueeze(1).expand(-1, t, -1).masked_fill(
         torch.eye(t, dtype=torch.bool, device=v.device), 0.0).sum(-1)      # (R, t): top sum without i
-    without = torch.where(is_top, torch.zeros_like(v), (top.sum(1) + rest_total)[:, None] - v)
-    without = without.scatter(1, top_index, others_of_top + rest_total[:, None])
+    # The rest leave out a term at most 1/TOP_TERMS of the total: subtracting it loses nothing.
+    without = (total[:, None] - v).scatter(1, top_index, others_of_top + rest_total[:, None])
     scale1 = n / (n - 1)
     loo = torch.logaddexp(log_a[:, None], _safe_log(scale1 * without)) - log_full[:, None]
     if not with_pairs:
