@@ -86,41 +86,49 @@ def decomposition(z, mu, logvar, name: str, N: int):
                 log_qz=lqz, log_qzd=lqzd, log_pz=lpzd.sum(1))
 
 
-def jackknife_stratified(z, components_mu, components_logvar, N, order=2):
-    """Naive jackknife of the stratified log-densities: explicit leave-one-out and leave-two-out loops.
+def jackknife_row(log_own, log_others, population, order=2):
+    """Naive jackknife of log(e^log_own + sum_k e^log_others_k): explicit leave-one-out and
+    leave-two-out loops.
 
-    Component i is query i's own; every other component is an "other" with weight
-    (N - 1) / (N m) when m others are used. The estimates from m = n, n - 1 (each one left out,
-    averaged) and n - 2 (each pair left out, averaged) others are extrapolated to x = 0 in
-    x_m = 1/m - 1/(N - 1): linearly from the first two (order 1) or quadratically from all three
-    (order 2). No correction when n >= N - 1.
+    log_others holds the n other terms already weighted for n others; an estimate from m kept
+    others rescales them by n / m. The estimates from m = n, n - 1 (each one left out, averaged)
+    and n - 2 (each pair left out, averaged) are extrapolated to x = 0 in x_m = 1/m - 1/population:
+    linearly from the first two (order 1) or quadratically from all three (order 2). No
+    correction when n >= population.
+    """
+    log_others = np.asarray(log_others, dtype=np.float64)
+    n = len(log_others)
+    order = min(order, n - 1)
+
+    def estimate(left_out):
+        kept = [k for k in range(n) if k not in left_out]
+        return np.logaddexp.reduce(np.concatenate([[log_own], np.log(n / len(kept)) + log_others[kept]]))
+
+    theta = estimate(())
+    if n >= population:
+        return theta
+    means = [theta, np.mean([estimate((k,)) for k in range(n)])]
+    if order == 2:
+        means.append(np.mean([estimate(pair) for pair in itertools.combinations(range(n), 2)]))
+    xs = [1.0 / m - 1.0 / population for m in (n, n - 1, n - 2)][: order + 1]
+    lagrange = [np.prod([-xs[j] / (xs[i] - xs[j]) for j in range(len(xs)) if j != i]) for i in range(len(xs))]
+    return sum(w * m for w, m in zip(lagrange, means))
+
+
+def jackknife_stratified(z, components_mu, components_logvar, N, order=2):
+    """Naive jackknife of the stratified log-densities (:func:`jackknife_row` per query and target).
+
+    Component i is query i's own, weighted 1/N; every other component weighs (N - 1) / (N m) when
+    m others are used, a sample of the N - 1 other data points.
     """
     c = cube(z, components_mu, components_logvar)  # (B, K, D)
     B, K, D = c.shape
     n = K - 1
-    order = min(order, n - 1)
-    P = N - 1
-    xs = [1.0 / m - 1.0 / P for m in (n, n - 1, n - 2)][: order + 1]
-    lagrange = [np.prod([-xs[j] / (xs[i] - xs[j]) for j in range(len(xs)) if j != i]) for i in range(len(xs))]
     out_joint, out_marg = np.empty(B), np.empty((B, D))
     for i in range(B):
         others = [k for k in range(K) if k != i]
         for target, values in ((None, c[i].sum(-1)), *((d, c[i, :, d]) for d in range(D))):
-
-            def estimate(left_out):  # log(q(z|own) / N + (N - 1) / (N m) sum over the m kept others)
-                kept = [k for k in others if k not in left_out]
-                terms = np.concatenate([[values[i] - np.log(N)],
-                                        np.log((N - 1) / (N * len(kept))) + values[kept]])
-                return np.logaddexp.reduce(terms)
-
-            theta = estimate(())
-            if n >= P:
-                value = theta
-            else:
-                means = [theta, np.mean([estimate((k,)) for k in others])]
-                if order == 2:
-                    means.append(np.mean([estimate(pair) for pair in itertools.combinations(others, 2)]))
-                value = sum(w * m for w, m in zip(lagrange, means))
+            value = jackknife_row(values[i] - np.log(N), np.log((N - 1) / (N * n)) + values[others], N - 1, order)
             if target is None:
                 out_joint[i] = value
             else:
