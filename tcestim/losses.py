@@ -25,7 +25,8 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 
-from tcestim._validation import check_matrix, check_posterior, check_tensor, compute_dtype
+from tcestim._validation import (check_matrix, check_posterior, check_same_dtype_device, check_tensor,
+                                 compute_dtype)
 from tcestim.estimators import decompose
 from tcestim.gaussian import log_normal_diag
 from tcestim.mixture import log_aggregate_posterior
@@ -87,10 +88,7 @@ def _check_mu_logvar(mu, logvar):
     check_matrix("logvar", logvar, "(B, D)")
     if logvar.shape != mu.shape:
         raise ValueError(f"logvar must have the shape of mu {tuple(mu.shape)}, got {tuple(logvar.shape)}")
-    if logvar.dtype != mu.dtype:
-        raise TypeError(f"logvar must have the dtype of mu ({mu.dtype}), got {logvar.dtype}")
-    if logvar.device != mu.device:
-        raise ValueError(f"logvar must be on the device of mu ({mu.device}), got {logvar.device}")
+    check_same_dtype_device(mu=mu, logvar=logvar)
     dtype = compute_dtype(mu.dtype)
     return mu.to(dtype), logvar.to(dtype)
 
