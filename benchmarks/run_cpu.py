@@ -17,7 +17,7 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
 
@@ -26,13 +26,13 @@ import tcestim
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import peers  # noqa: E402
+from report import Result, ratio as _ratio, status as _status  # noqa: E402
 
 SIZES_M = (256, 1024, 2048)
 QUICK_SIZES_M = (256, 1024)
 SIZES_D = (10, 32)
 CONFIG_TIMEOUT_S = 300
 
-Result = Dict[str, object]
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -115,18 +115,6 @@ def _mib(value) -> str:
     return "n/a" if value is None else f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
-def _ratio(value, reference) -> str:
-    if value is None or reference is None:
-        return "—"
-    return f"{value / reference:.1f}x"
-
-
-def _status(result: Result) -> Optional[str]:
-    if "skipped" in result:
-        return f"skipped ({result['skipped']})"
-    if "error" in result:
-        return f"failed: {result['error']}"
-    return None
 
 
 def peer_table(results: List[Result]) -> str:

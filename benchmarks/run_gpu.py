@@ -46,6 +46,7 @@ import tcestim  # noqa: E402
 from tcestim.weights import estimator_log_weights  # noqa: E402
 
 import peers  # noqa: E402  (benchmarks/ is not a package)
+from report import Result, ratio as _ratio, status as _status  # noqa: E402
 
 SIZES_M = (1024, 4096, 8192)
 SIZES_D = (10, 64)
@@ -60,7 +61,6 @@ BACKWARD_FLOOR_FACTOR = 2.6 / 1.03
 EAGER_CUBES = {"fwd": 4, "fwdbwd": 8}
 """Cubes of (M, M, D) float32 that eager (and compile's backward) keep alive at its peak, rounded up."""
 
-Result = Dict[str, object]
 LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -262,18 +262,6 @@ def _ms(value) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
-def _ratio(value, reference) -> str:
-    if value is None or reference is None:
-        return "—"
-    return f"{value / reference:.1f}x"
-
-
-def _status(r: Result) -> Optional[str]:
-    if "skipped" in r:
-        return f"skipped ({r['skipped']})"
-    if "error" in r:
-        return f"failed: {r['error']}"
-    return None
 
 
 def peer_table(results: List[Result]) -> str:
