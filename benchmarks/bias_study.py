@@ -5,7 +5,7 @@
 import argparse
 import sys
 
-from tcestim import bias_study
+from tcestim.experiments import bias_study
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

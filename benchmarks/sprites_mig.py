@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tcestim import train
+from tcestim.experiments import train
 
 
 def run_one(beta, seed, args, out_dir):

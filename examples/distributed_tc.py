@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 import tcestim
 import tcestim.distributed
-from tcestim.synthetic import make_posterior
+from tcestim.experiments.synthetic import make_posterior
 
 
 def main():

@@ -1,11 +1,13 @@
-"""Autograd and fake-tensor (torch.compile) registrations of the compiled operators."""
+"""The compiled operators: autograd and fake-tensor (torch.compile) registrations, and the one
+internal entry point every estimator calls (fused kernel where registered, else the fallback)."""
 from __future__ import annotations
 
 import functools
 
 import torch
 
-from tcestim._extension import extension_available
+from tcestim import _fallback
+from tcestim._extension import CUDA_MAX_DIM, extension_available, has_fused_kernel
 
 
 def _empty_outputs(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,3 +83,13 @@ def _register() -> None:
 
 if extension_available():
     _register()
+
+
+def mixture_logdensity(z, mu, logvar, log_weights):
+    """(log_qz (M,), log_qzd (M, D)) with no input checks: callers have validated the inputs and cast
+    them to one of float32/float64. ``log_weights``: StructuredLogWeights or an (M, K) tensor."""
+    if has_fused_kernel(z.device) and not (z.device.type == "cuda" and z.shape[1] > CUDA_MAX_DIM):
+        if isinstance(log_weights, torch.Tensor):
+            return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
+        return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)
+    return _fallback.mixture_logdensity(z, mu, logvar, log_weights)

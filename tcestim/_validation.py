@@ -1,6 +1,8 @@
 """Input checks shared by the public functions: clear errors that name the argument."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 _HALF = (torch.float16, torch.bfloat16)
@@ -50,3 +52,20 @@ def check_posterior(z, mu, logvar) -> None:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float16/bfloat16 inputs are computed (and returned) in float32."""
     return torch.float32 if dtype in _HALF else dtype
+
+
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """The one rule for integer arguments: a non-integer is a TypeError, one out of range a ValueError."""
+    if not is_int(value):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
+    return value

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from tcestim._validation import check_matrix
-from tcestim.weights import _is_int
+from tcestim._validation import check_int, check_matrix
 
 
 class MemoryBank:
@@ -20,11 +19,8 @@ class MemoryBank:
     """
 
     def __init__(self, size: int, dim: int):
-        if not _is_int(size) or size < 1:
-            raise ValueError(f"size must be a positive int, got {size!r}")
-        if not _is_int(dim) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        self.size, self.dim = int(size), int(dim)
+        self.size = check_int("size", size, minimum=1)
+        self.dim = check_int("dim", dim, minimum=1)
         self._mu: torch.Tensor | None = None
         self._logvar: torch.Tensor | None = None
         self._count = 0
@@ -79,3 +75,14 @@ class MemoryBank:
         self._logvar[rows] = logvar
         self._next = (self._next + mu.shape[0]) % self.size
         self._count = min(self.size, self._count + mu.shape[0])
+
+
+def bank_components(bank, mu, logvar):
+    """(K_total, D) components: the batch first (row i is query i's own), then the bank."""
+    if bank.dim != mu.shape[1]:
+        raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {mu.shape[1]}")
+    if len(bank) == 0:
+        return mu, logvar
+    if bank.mu.device != mu.device:
+        raise ValueError(f"bank is on {bank.mu.device}, but z is on {mu.device}")
+    return torch.cat([mu, bank.mu.to(mu.dtype)]), torch.cat([logvar, bank.logvar.to(mu.dtype)])

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from tcestim.estimators import minibatch_log_densities
-from tcestim.mixture import mixture_logdensity
+from tcestim._ops import mixture_logdensity
 from tcestim.weights import StructuredLogWeights
 
 

@@ -28,10 +28,11 @@ import torch.distributed.nn.functional as dist_fn
 
 from tcestim import _fallback
 from tcestim._validation import check_posterior, compute_dtype
-from tcestim.estimators import (KLDecomposition, Prior, _bank_components, assemble_decomposition,
+from tcestim.bank import bank_components
+from tcestim.estimators import (KLDecomposition, Prior, assemble_decomposition,
                                 check_bank_dataset_size, check_stratified_extensions,
                                 stratified_log_densities)
-from tcestim.mixture import mixture_logdensity
+from tcestim._ops import mixture_logdensity
 from tcestim.weights import StructuredLogWeights, check_estimator, estimator_log_weights, resolve_dataset_size
 
 
@@ -77,7 +78,7 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
         # Rotate so that this rank's query i finds its own encoding at component row i.
         comp_mu, comp_logvar = torch.roll(mu_all, -offset, 0), torch.roll(logvar_all, -offset, 0)
         if bank is not None:
-            comp_mu, comp_logvar = _bank_components(bank, comp_mu, comp_logvar)
+            comp_mu, comp_logvar = bank_components(bank, comp_mu, comp_logvar)
         log_qz, log_qzd = stratified_log_densities(z, comp_mu, comp_logvar, N, jackknife)
     else:
         weights = estimator_log_weights(estimator, global_batch, N, dtype=dtype, device=z.device)

@@ -13,8 +13,10 @@ from typing import Callable, NamedTuple, Optional, Union
 import torch
 
 from tcestim._validation import check_posterior, compute_dtype
-from tcestim.gaussian import log_normal_diag, standard_normal_log_prob
-from tcestim.mixture import mixture_logdensity
+from tcestim.bank import bank_components
+from tcestim.gaussian import log_normal_diag
+from tcestim._ops import mixture_logdensity
+from tcestim.priors import prior_log_prob
 from tcestim.weights import (check_estimator, estimator_log_weights, resolve_dataset_size,
                              stratified_log_weights)
 
@@ -41,17 +43,6 @@ class KLDecomposition(NamedTuple):
         n = self.tc.shape[0]
         return {name: float(getattr(self, name).detach().std() / math.sqrt(n)) if n > 1 else math.nan
                 for name in ("mi", "tc", "dimkl")}
-
-
-def _bank_components(bank, mu, logvar):
-    """(K_total, D) components: the batch first (row i is query i's own), then the bank."""
-    if bank.dim != mu.shape[1]:
-        raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {mu.shape[1]}")
-    if len(bank) == 0:
-        return mu, logvar
-    if bank.mu.device != mu.device:
-        raise ValueError(f"bank is on {bank.mu.device}, but z is on {mu.device}")
-    return torch.cat([mu, bank.mu.to(mu.dtype)]), torch.cat([logvar, bank.logvar.to(mu.dtype)])
 
 
 def check_stratified_extensions(estimator: str, bank, jackknife: bool) -> None:
@@ -89,7 +80,7 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
     if bank is None and not jackknife:
         weights = estimator_log_weights(estimator, B, N, dtype=dtype, device=z.device)
         return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
-    components_mu, components_logvar = (mu, logvar) if bank is None else _bank_components(bank, mu, logvar)
+    components_mu, components_logvar = (mu, logvar) if bank is None else bank_components(bank, mu, logvar)
     return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife))
 
 
@@ -110,27 +101,10 @@ def stratified_log_densities(z, components_mu, components_logvar, dataset_size: 
     return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others))
 
 
-def _prior_log_prob(prior: Prior, z: torch.Tensor) -> torch.Tensor:
-    if prior is None:
-        return standard_normal_log_prob(z)
-    if isinstance(prior, torch.distributions.Distribution):
-        log_p = prior.log_prob(z)
-    elif callable(prior):
-        log_p = prior(z)
-    else:
-        raise TypeError("prior must be None, a torch.distributions.Distribution or a callable, "
-                        f"got {type(prior).__name__}")
-    if not isinstance(log_p, torch.Tensor) or log_p.shape != z.shape:
-        shape = tuple(log_p.shape) if isinstance(log_p, torch.Tensor) else type(log_p).__name__
-        raise ValueError(f"prior must give per-dimension log densities of shape (B, D) = "
-                         f"{tuple(z.shape)} (a factorised prior), got {shape}")
-    return log_p.to(z.dtype)
-
-
 def assemble_decomposition(z, mu, logvar, log_qz, log_qzd, prior: Prior) -> KLDecomposition:
     """The per-sample terms from log q(z) and log q(z_d) (any estimator of them)."""
     log_qzx = log_normal_diag(z, mu, logvar).sum(1)
-    log_pzd = _prior_log_prob(prior, z)
+    log_pzd = prior_log_prob(prior, z, per_dim=True)
     return KLDecomposition(
         mi=log_qzx - log_qz,
         tc=log_qz - log_qzd.sum(1),

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import math
-import numbers
 import sys
 from typing import Optional
 
 import torch
 
-from tcestim._validation import check_matrix, check_posterior, check_same_dtype_device, compute_dtype
+from tcestim._validation import check_int, check_matrix, check_posterior, check_same_dtype_device, compute_dtype
 from tcestim.estimators import KLDecomposition, Prior, assemble_decomposition
-from tcestim.mixture import mixture_logdensity
+from tcestim._ops import mixture_logdensity
 from tcestim.weights import StructuredLogWeights
 
 DEFAULT_CHUNK = 8192
@@ -57,9 +56,7 @@ def decompose_exact(z, mu, logvar, mu_all, logvar_all, *, prior: Prior = None,
     check_same_dtype_device(z=z, mu_all=mu_all, logvar_all=logvar_all)
     if chunk_size is None:
         chunk_size = DEFAULT_CHUNK
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    chunk_size = int(chunk_size)
+    chunk_size = check_int("chunk_size", chunk_size, minimum=1)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar, mu_all, logvar_all = (t.to(dtype) for t in (z, mu, logvar, mu_all, logvar_all))
     N = mu_all.shape[0]

@@ -12,8 +12,7 @@ import numbers
 
 import torch
 
-from tcestim import _fallback
-from tcestim._extension import CUDA_MAX_DIM, has_fused_kernel
+from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_matrix, check_same_dtype_device, compute_dtype
 from tcestim.weights import StructuredLogWeights
 
@@ -41,15 +40,6 @@ def _as_log_weights(log_weights, M: int, K: int):
         return log_weights
     raise TypeError("log_weights must be None, a float, a StructuredLogWeights or an (M, K) tensor, "
                     f"got {type(log_weights).__name__}")
-
-
-def mixture_logdensity(z, mu, logvar, log_weights):
-    """Unchecked core: inputs already validated and of one floating dtype (float32/float64)."""
-    if has_fused_kernel(z.device) and not (z.device.type == "cuda" and z.shape[1] > CUDA_MAX_DIM):
-        if isinstance(log_weights, torch.Tensor):
-            return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
-        return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)
-    return _fallback.mixture_logdensity(z, mu, logvar, log_weights)
 
 
 def log_aggregate_posterior(z, mu, logvar, *, log_weights=None):

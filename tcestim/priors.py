@@ -33,7 +33,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from tcestim._validation import compute_dtype
+from tcestim._validation import check_int, compute_dtype
 from tcestim.gaussian import standard_normal_log_prob
 
 __all__ = [
@@ -61,9 +61,7 @@ class NonFactorisedPriorError(TypeError, NotImplementedError):
 
 
 def _check_dim(dim) -> int:
-    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool) or dim < 1:
-        raise ValueError(f"dim must be a positive int, got {dim!r}")
-    return int(dim)
+    return check_int("dim", dim, minimum=1)
 
 
 def _check_positive_float(name: str, value) -> float:
@@ -104,9 +102,7 @@ def _per_dim(name: str, value, dim: int, *, positive: bool) -> torch.Tensor:
 
 
 def _check_n(n) -> int:
-    if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be a non-negative int, got {n!r}")
-    return int(n)
+    return check_int("n", n, minimum=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -418,21 +414,40 @@ def is_factorised(prior) -> bool:
     return True  # Distributions with elementwise log_prob and (B, D) callables are taken as factorised
 
 
-def prior_log_prob(prior, z: torch.Tensor) -> torch.Tensor:
-    """(B,) joint log p(z) in nats for any prior: None (N(0, I)), a :class:`Prior` (factorised or not),
-    a ``torch.distributions.Distribution`` whose ``log_prob`` gives (B, D) (summed) or (B,), or a
-    callable giving (B, D) (summed) or (B,)."""
+def prior_log_prob(prior, z: torch.Tensor, *, per_dim: bool = False) -> torch.Tensor:
+    """log p(z) in nats for any ``prior=`` the library accepts: the one resolver of ``prior``.
+
+    Args:
+        prior: None (N(0, I)), a :class:`Prior`, a ``torch.distributions.Distribution`` whose
+            ``log_prob`` gives (B, D) or (B,), or a callable ``z -> (B, D)`` or ``(B,)``.
+        z: (B, D) points.
+        per_dim: return the (B, D) per-dimension log densities (a factorised prior only: a
+            non-factorised :class:`Prior` raises :class:`NonFactorisedPriorError`, any other prior
+            must give (B, D)); otherwise the (B,) joint log density.
+
+    Example:
+        >>> import torch
+        >>> prior_log_prob(None, torch.zeros(2, 3)).shape
+        torch.Size([2])
+    """
     if prior is None:
-        return standard_normal_log_prob(z).sum(-1)
-    if isinstance(prior, Prior):
-        return prior.log_prob(z)
-    if isinstance(prior, torch.distributions.Distribution) or callable(prior):
-        log_p = prior.log_prob(z) if isinstance(prior, torch.distributions.Distribution) else prior(z)
+        log_p = standard_normal_log_prob(z)
+    elif isinstance(prior, Prior):
+        log_p = prior.log_prob_per_dim(z) if per_dim else prior.log_prob(z)
+    elif isinstance(prior, torch.distributions.Distribution):
+        log_p = prior.log_prob(z)
+    elif callable(prior):
+        log_p = prior(z)
     else:
         raise TypeError("prior must be None, a tcestim.priors.Prior, a torch.distributions.Distribution "
                         f"or a callable, got {type(prior).__name__}")
     if not isinstance(log_p, torch.Tensor):
         raise TypeError(f"prior gave {type(log_p).__name__}, expected a tensor of log densities")
+    if per_dim:
+        if log_p.shape != z.shape:
+            raise ValueError(f"prior must give per-dimension log densities of shape (B, D) = "
+                             f"{tuple(z.shape)} (a factorised prior), got {tuple(log_p.shape)}")
+        return log_p.to(z.dtype)
     if log_p.shape == z.shape:
         return log_p.sum(-1)
     if log_p.shape == z.shape[:-1]:

@@ -14,10 +14,11 @@ estimator         self j == i  next j == i + 1 (mod B)    other
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import torch
+
+from tcestim._validation import check_int, is_int
 
 ESTIMATORS = ("stratified", "mss", "mws", "mss-legacy")
 """Names accepted by ``estimator=``; "stratified" is the default."""
@@ -46,15 +47,11 @@ def check_estimator(estimator: str) -> None:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def resolve_dataset_size(dataset_size, batch_size: int) -> int:
     """N from the user's ``dataset_size`` (None means the batch is the whole population)."""
     if dataset_size is None:
         return batch_size
-    if not _is_int(dataset_size):
+    if not is_int(dataset_size):
         raise TypeError(f"dataset_size must be an int or None, got {type(dataset_size).__name__}")
     dataset_size = int(dataset_size)
     if dataset_size < batch_size:
@@ -78,11 +75,7 @@ def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | N
     Returns a :class:`StructuredLogWeights`, or for ``"mss-legacy"`` a dense (B, B) tensor.
     """
     check_estimator(estimator)
-    if not _is_int(batch_size):
-        raise TypeError(f"batch_size must be an int, got {type(batch_size).__name__}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    B = int(batch_size)
+    B = check_int("batch_size", batch_size, minimum=1)
     N = resolve_dataset_size(dataset_size, B)
     if estimator in _NEED_TWO and B < 2:
         raise ValueError(f"estimator {estimator!r} needs a batch size of at least 2, got {B}")

@@ -98,8 +98,10 @@ def test_decompose_exact_validation():
     z = sample(mu_all, logvar_all)
     with pytest.raises(ValueError, match="mu_all and logvar_all must both have shape"):
         tcestim.decompose_exact(z, mu_all, logvar_all, mu_all[:, :2], logvar_all[:, :2])
-    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
         tcestim.decompose_exact(z, mu_all, logvar_all, mu_all, logvar_all, chunk_size=0)
+    with pytest.raises(TypeError, match="chunk_size must be an int"):
+        tcestim.decompose_exact(z, mu_all, logvar_all, mu_all, logvar_all, chunk_size=2.0)
     with pytest.raises(TypeError, match="mu_all must have the dtype of z"):
         tcestim.decompose_exact(z, mu_all, logvar_all, mu_all.float(), logvar_all)
 
@@ -133,10 +135,12 @@ def test_memory_bank_stores_detached_copies():
 
 
 def test_memory_bank_validation():
-    with pytest.raises(ValueError, match="size must be a positive int"):
+    with pytest.raises(ValueError, match="size must be >= 1"):
         tcestim.MemoryBank(0, 3)
-    with pytest.raises(ValueError, match="dim must be a positive int"):
+    with pytest.raises(ValueError, match="dim must be >= 1"):
         tcestim.MemoryBank(4, 0)
+    with pytest.raises(TypeError, match="size must be an int"):
+        tcestim.MemoryBank(4.0, 3)
     bank = tcestim.MemoryBank(4, 3)
     with pytest.raises(ValueError, match=r"shape \(B, 3\)"):
         bank.update(torch.zeros(2, 2), torch.zeros(2, 2))
@@ -286,7 +290,7 @@ def test_jackknife_with_identical_others_changes_nothing():
 
 def test_jackknife_reduces_the_bias_of_the_stratified_estimate():
     """On a synthetic posterior, the jackknifed TC is closer to the exact finite-N TC on average."""
-    from tcestim.synthetic import finite_mixture_tc, make_posterior
+    from tcestim.experiments.synthetic import finite_mixture_tc, make_posterior
 
     g = torch.Generator().manual_seed(14)
     post = make_posterior(2000, 6, rho=0.5, noise_std=0.3, generator=g, dtype=torch.float64)
@@ -322,7 +326,7 @@ def test_bracket_matches_reference_formula():
 
 
 def test_bracket_contains_the_exact_tc_on_average():
-    from tcestim.synthetic import finite_mixture_tc, make_posterior
+    from tcestim.experiments.synthetic import finite_mixture_tc, make_posterior
 
     g = torch.Generator().manual_seed(16)
     post = make_posterior(3000, 4, rho=0.5, noise_std=0.5, generator=g, dtype=torch.float64)

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from tcestim import bias_study
-from tcestim.synthetic import make_posterior
+from tcestim.experiments import bias_study
+from tcestim.experiments.synthetic import make_posterior
 
 TINY = bias_study.StudyConfig(rhos=(0.5,), noise_stds=(0.5,), dims=(1, 3), dataset_size=300,
                               batch_sizes=(32,), repeats=3, bank_size=64, exact_max_samples=2048)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from tcestim import data as D
-from tcestim.data import (FACTOR_SIZES, NUM_IMAGES, SpritesDataset, factors_to_index, index_to_factors,
+from tcestim.experiments import data as D
+from tcestim.experiments.data import (FACTOR_SIZES, NUM_IMAGES, SpritesDataset, factors_to_index, index_to_factors,
                           load_dsprites_npz, pinwheel, render_sprites)
 
 SQUARE, ELLIPSE, HEART = 0, 1, 2

@@ -161,7 +161,7 @@ def test_gaussian_tc_of_means_matches_numpy():
 
 def test_minibatch_estimates_approach_the_gaussian_limit():
     """Large N, broad encoder: stratified TC over the whole population is near the closed form."""
-    from tcestim.synthetic import gaussian_limit_tc, make_posterior
+    from tcestim.experiments.synthetic import gaussian_limit_tc, make_posterior
 
     post = make_posterior(4096, 3, rho=0.5, noise_std=1.0, generator=torch.Generator().manual_seed(11),
                           dtype=torch.float64)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from tcestim.data import SpritesDataset, pinwheel
-from tcestim.models import (ConvVAE, MLPVAE, VAEOutput, bernoulli_log_likelihood, gaussian_log_likelihood,
+from tcestim.experiments.data import SpritesDataset, pinwheel
+from tcestim.experiments.models import (ConvVAE, MLPVAE, VAEOutput, bernoulli_log_likelihood, gaussian_log_likelihood,
                             reparameterize)
 
 

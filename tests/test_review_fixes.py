@@ -62,7 +62,7 @@ def test_bank_keeps_fifo_order_when_its_dtype_changes():
 
 def test_submodules_are_attributes():
     assert callable(tcestim.distributed.total_correlation)
-    assert callable(tcestim.discriminator.permute_dims)
+    assert callable(tcestim.baselines.density_ratio.permute_dims)
 
 
 def test_numpy_scalars_and_invalid_log_weights():

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tcestim import train
+from tcestim.experiments import train
 
 
 def tiny_args(tmp_path, **overrides):

@@ -246,7 +246,7 @@ def test_estimator_log_weights_validation():
         tcestim.estimator_log_weights("bogus", 4, 10)
     assert all(repr(name) in str(info.value) for name in ESTIMATORS)
     for bad in (0, -3):
-        with pytest.raises(ValueError, match=r"^batch_size must be a positive int"):
+        with pytest.raises(ValueError, match=r"^batch_size must be >= 1"):
             tcestim.estimator_log_weights("stratified", bad, 10)
     for bad in (2.0, True, "4", None):
         with pytest.raises(TypeError, match=r"^batch_size must be an int"):
@@ -411,7 +411,6 @@ def test_prior_of_wrong_shape_raises_value_error():
         lambda t: t.sum(1),                                   # joint (B,) instead of (B, D)
         lambda t: t[:, :2],                                   # too few dimensions
         lambda t: t.T,                                        # transposed
-        lambda t: 0.0,                                        # not a tensor
         torch.distributions.MultivariateNormal(torch.zeros(3, dtype=torch.float64),
                                                torch.eye(3, dtype=torch.float64)),
         torch.distributions.Independent(torch.distributions.Normal(torch.zeros(3, dtype=torch.float64),
@@ -421,12 +420,14 @@ def test_prior_of_wrong_shape_raises_value_error():
         with pytest.raises(ValueError, match=r"^prior must give per-dimension log densities of shape "
                                              r"\(B, D\) = \(5, 3\)"):
             tcestim.decompose(z, mu, logvar, prior=prior)
+    with pytest.raises(TypeError, match=r"^prior gave float, expected a tensor of log densities"):
+        tcestim.decompose(z, mu, logvar, prior=lambda t: 0.0)
 
 
 @pytest.mark.parametrize("bad", ["normal", 3, torch.zeros(5, 3)], ids=["str", "int", "tensor"])
 def test_prior_of_wrong_kind_raises_type_error(bad):
     z, mu, logvar = posterior()
-    with pytest.raises(TypeError, match=r"^prior must be None, a torch\.distributions\.Distribution"):
+    with pytest.raises(TypeError, match=r"^prior must be None, a tcestim\.priors\.Prior, a torch\.distributions\.Distribution"):
         tcestim.decompose(z, mu, logvar, prior=bad)
 
 

@@ -55,8 +55,9 @@ def fit_density_ratio_tc(samples: torch.Tensor, *, steps: int = 500, batch_size:
     """Train a :class:`DensityRatioTC` on (N, D) samples of q(z); returns it in eval mode."""
     samples = check_matrix("samples", samples, "(N, D)").detach()
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    model = DensityRatioTC(samples.shape[1], hidden=hidden).to(samples.device, samples.dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DensityRatioTC(samples.shape[1], hidden=hidden).to(samples.device, samples.dtype)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         index = torch.randint(len(samples), (min(batch_size, len(samples)),), generator=generator)

@@ -22,8 +22,10 @@ from types import SimpleNamespace
 
 import torch
 
-from tcestim import data as datasets
-from tcestim import losses, metrics, models, priors
+from tcestim import losses, metrics, priors
+from tcestim.experiments import data as datasets
+from tcestim.experiments import models
+from tcestim.experiments.plotting import figure, save
 from tcestim.exact import decompose_exact
 
 OBJECTIVES = ("beta-vae", "beta-tcvae", "rtc-vae", "decomposition")
@@ -150,12 +152,8 @@ def evaluate(model, data, args, prior, generator) -> dict:
 # plots
 
 def plot_curves(history, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     steps = [h["step"] for h in history]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = figure(1, 2, figsize=(11, 4))
     axes[0].plot(steps, [h["loss"] for h in history], marker="o")
     axes[0].set_title("training loss (nats)")
     for key in ("mi", "tc", "dimkl"):
@@ -164,40 +162,28 @@ def plot_curves(history, path):
     axes[1].legend()
     for ax in axes:
         ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 def plot_mi_matrix(result, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     mi = torch.tensor(result["mi_matrix"]).numpy()
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * mi.shape[1], 1.0 + 0.4 * mi.shape[0]))
+    fig, ax = figure(figsize=(1.2 + 0.9 * mi.shape[1], 1.0 + 0.4 * mi.shape[0]))
     image = ax.imshow(mi, aspect="auto", cmap="viridis")
     ax.set_xticks(range(mi.shape[1]), result["factor_names"], rotation=30)
     ax.set_yticks(range(mi.shape[0]), [f"z{j}" for j in range(mi.shape[0])])
     ax.set_title(f"I(z_j; v_k), MIG = {result['mig_chen']:.3f}")
     fig.colorbar(image, ax=ax, label="nats")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save(fig, path)
 
 
 @torch.no_grad()
 def plot_traversals(model, data, args, path, generator):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     model.eval()
     if args.data == "pinwheel":
         idx = torch.randperm(len(data), generator=generator)[:2000]
         points, labels = data.images(idx).numpy(), data.factors(idx)[:, 0].numpy()
         mu = model.encode(data.images(idx))[0].numpy()
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+        fig, axes = figure(1, 2, figsize=(10, 4.5))
         axes[0].scatter(points[:, 0], points[:, 1], c=labels, s=3, cmap="tab10")
         axes[0].set_title("data")
         axes[1].scatter(mu[:, 0], mu[:, 1] if mu.shape[1] > 1 else 0 * mu[:, 0], c=labels, s=3, cmap="tab10")
@@ -206,7 +192,7 @@ def plot_traversals(model, data, args, path, generator):
         anchor = model.encode(data.images(torch.randint(len(data), (1,), generator=generator)))[0][0]
         values = torch.linspace(-2.5, 2.5, 9)
         D = anchor.shape[0]
-        fig, axes = plt.subplots(D, len(values), figsize=(len(values) * 0.9, D * 0.9))
+        fig, axes = figure(D, len(values), figsize=(len(values) * 0.9, D * 0.9))
         for j in range(D):
             codes = anchor.repeat(len(values), 1)
             codes[:, j] = values
@@ -218,9 +204,7 @@ def plot_traversals(model, data, args, path, generator):
                 ax.set_yticks([])
             (axes[j][0] if D > 1 else axes[0]).set_ylabel(f"z{j}", rotation=0, labelpad=12)
         fig.suptitle("latent traversals (-2.5 .. 2.5 around one encoding)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save(fig, path, dpi=80)
     model.train()
 
 

@@ -8,7 +8,7 @@ import torch
 
 from tcestim import _extension
 from tcestim.estimators import total_correlation
-from tcestim.synthetic import finite_mixture_tc, gaussian_limit_tc, make_posterior
+from tcestim.experiments.synthetic import finite_mixture_tc, gaussian_limit_tc, make_posterior
 from tcestim.weights import ESTIMATORS
 
 

@@ -32,12 +32,14 @@ import torch
 
 from tcestim.bank import MemoryBank
 from tcestim.bracket import tc_bracket
-from tcestim.estimators import _bank_components, minibatch_log_densities
+from tcestim.bank import bank_components
+from tcestim.estimators import minibatch_log_densities
 from tcestim.exact import decompose_exact
 from tcestim.gaussian import gaussian_tc_of_means
 from tcestim.jackknife import jackknife_log_densities_by_order
-from tcestim.knn import knn_total_correlation
-from tcestim.synthetic import gaussian_limit_tc, make_posterior
+from tcestim.baselines.knn import knn_total_correlation
+from tcestim.experiments.plotting import figure, save
+from tcestim.experiments.synthetic import gaussian_limit_tc, make_posterior
 
 MIXTURE_ESTIMATORS = ("mws", "mss", "stratified", "mss-legacy", "bank", "bank+jackknife", "bank+jackknife1")
 OTHER_ESTIMATORS = ("bracket-lower", "bracket-upper", "tc-of-means", "knn")
@@ -131,7 +133,7 @@ def run_estimators(posterior, batch_size: int, config: StudyConfig, generator: t
     bank_index = order[batch_size: batch_size + config.bank_size]
     bank.update(posterior.mu[bank_index], posterior.logvar[bank_index])
     yield row("bank", **_mixture_parts(z, mu, logvar, N, "stratified", bank=bank))
-    jackknifed = jackknife_log_densities_by_order(z, *_bank_components(bank, mu, logvar), N)
+    jackknifed = jackknife_log_densities_by_order(z, *bank_components(bank, mu, logvar), N)
     yield row("bank+jackknife", **_parts(*jackknifed[2]))
     yield row("bank+jackknife1", **_parts(*jackknifed[1]))
     lower, upper = tc_bracket(z, mu, logvar, dataset_size=N)
@@ -266,25 +268,11 @@ def headline_table(summary: list[dict], rho: float, noise_std: float, batch_size
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def _bias_vs_dim_axes(ax, ylabel: str) -> None:
     ax.axhline(0.0, color="black", linewidth=0.8)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("D")
     ax.set_ylabel(ylabel)
-
-
-def _save(fig, path: str) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    _pyplot().close(fig)
-    return path
 
 
 def _middle_batch_size(config: StudyConfig) -> int:
@@ -293,13 +281,12 @@ def _middle_batch_size(config: StudyConfig) -> int:
 
 def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
     """PNG per (rho, s, M): TC bias vs D with error bars; and the joint / marginal bias parts."""
-    plt = _pyplot()
 
     files = []
     shown = [e for e in ALL_ESTIMATORS if e != "mws"]
     for rho in config.rhos:
         for s in config.noise_stds:
-            fig, axes = plt.subplots(len(config.batch_sizes), 3, figsize=(16, 4 * len(config.batch_sizes)),
+            fig, axes = figure(len(config.batch_sizes), 3, figsize=(16, 4 * len(config.batch_sizes)),
                                      squeeze=False)
             for row, M in enumerate(config.batch_sizes):
                 sel = [x for x in summary if x["rho"] == rho and x["noise_std"] == s and x["M"] == M]
@@ -318,18 +305,17 @@ def plot(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
                     ax.set_title(f"{title}, M = {M}")
                 axes[row][0].legend(fontsize=8)
             fig.suptitle(f"rho = {rho}, s = {s}, N = {config.dataset_size} (mws omitted: offset (D-1) log N)")
-            files.append(_save(fig, os.path.join(out_dir, f"bias_rho{rho}_s{s}.png")))
+            files.append(save(fig, os.path.join(out_dir, f"bias_rho{rho}_s{s}.png")))
     return files
 
 
 def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[str]:
     """PNG per s: bias of bank, bank + first- and second-order jackknife vs D at the middle M, in
     nats and in per cent of the exact TC, with standard-error bars and the ±3% target band."""
-    plt = _pyplot()
     middle = _middle_batch_size(config)
     files = []
     for s in config.noise_stds:
-        fig, (absolute, relative) = plt.subplots(1, 2, figsize=(12, 4.5))
+        fig, (absolute, relative) = figure(1, 2, figsize=(12, 4.5))
         for name, colour in (("bank", "tab:red"), ("bank+jackknife1", "tab:brown"), ("bank+jackknife", "tab:purple")):
             for rho, style in zip(config.rhos, ("-", "--", ":")):
                 pts = [x for x in summary if x["estimator"] == name and x["noise_std"] == s and x["rho"] == rho
@@ -349,7 +335,7 @@ def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[st
         relative.legend(fontsize=7)
         fig.suptitle(f"memory bank (K = {config.bank_size}) and jackknife: s = {s}, M = {middle}, "
                      f"N = {config.dataset_size}")
-        files.append(_save(fig, os.path.join(out_dir, f"bank_bias_s{s}.png")))
+        files.append(save(fig, os.path.join(out_dir, f"bank_bias_s{s}.png")))
     return files
 
 
