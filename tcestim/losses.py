@@ -8,19 +8,54 @@ Every function is model-agnostic: the caller runs the encoder and decoder and pa
 - ``z``: (B, D) reparameterised samples z_i ~ q(z | x_i) (the ones ``log_px`` was computed at);
 - ``mu``, ``logvar``: (B, D) encoder means and log-variances of q(z | x_i) = N(mu_i, diag exp(logvar_i)).
 
-Each returns :class:`Objective` ``(loss, terms)``: ``loss`` is a scalar tensor to *minimise* (a batch
-mean, nats per data point) and ``terms`` a dict of Python floats for logging (batch means, nats):
-``recon`` = -mean log p(x|z), ``kl`` = mean KL(q(z|x) || p(z)), ``elbo`` = mean log p(x|z) - kl, the
-terms of the decomposition where they are computed, the coefficients and ``loss``. The ELBO's KL
-is exactly ``mi + tc + dimkl`` (Chen et al. 2018, eq. 1) whenever those are reported.
+Each returns :class:`Objective` ``(loss, terms, weights)``: ``loss`` is a scalar tensor to
+*minimise* (a batch mean, nats per data point); ``terms`` a dict of detached 0-d tensors on the loss's
+device (batch means, nats): ``loss``, ``recon`` = -mean log p(x|z), ``kl`` = mean KL(q(z|x) || p(z)),
+``elbo`` = mean log p(x|z) - kl, and the terms of the decomposition where they are computed;
+``weights`` the coefficients as Python floats. Terms stay on the device, so a training step never
+waits for the GPU; :meth:`Objective.floats` turns them into floats with one transfer when you log.
+The ELBO's KL is exactly ``mi + tc + dimkl`` (Chen et al. 2018, eq. 1) whenever those are reported.
 
-``dataset_size`` (N) is a required keyword wherever minibatch estimates of q(z) are used: the
-stratified weights depend on it; pass ``None`` only when the batch is the whole dataset (N = B).
+**One vocabulary for the weights**: each is named for the term it multiplies, the same in every
+objective: ``kl_weight`` (the whole KL(q(z|x) || p(z))), ``mi_weight``, ``tc_weight``, ``dimkl_weight``
+(the three parts of the KL), ``divergence_weight`` (a divergence between q(z) and p(z)) and
+``variance_weight`` (RTC-VAE's penalty). The papers' Greek letters map onto them as follows:
+
+=====================  =====================================================================
+objective              paper symbols -> tcestim weights
+=====================  =====================================================================
+β-VAE (Higgins)        β -> ``kl_weight``
+β-TCVAE (Chen)         α, β, γ -> ``mi_weight``, ``tc_weight``, ``dimkl_weight``
+RTC-VAE                β -> ``tc_weight = 1 + β`` (the paper's β is *added* to the ELBO's own
+                       TC weight of 1); η -> ``variance_weight``
+Mathieu et al. eq. 7   β -> ``kl_weight``, α -> ``divergence_weight``
+=====================  =====================================================================
+
+The 0.1 keywords ``alpha``, ``beta``, ``gamma`` and ``eta`` are still accepted, with a
+DeprecationWarning, for one release.
+
+``dataset_size`` (N): every objective that estimates q(z) from the minibatch takes it as a
+*required* keyword (no default), because a training batch is never the whole dataset and the
+stratified weights depend on N; ``None`` is accepted and means N = B, as everywhere in tcestim.
+
+Example:
+    >>> import torch
+    >>> from tcestim import losses
+    >>> mu, logvar = torch.randn(32, 4), torch.zeros(32, 4)
+    >>> z = mu + torch.randn_like(mu)
+    >>> log_px = -torch.rand(32) * 100            # the decoder's log p(x_i | z_i), nats per image
+    >>> objective = losses.beta_tcvae(log_px, z, mu, logvar, dataset_size=60_000, tc_weight=6.0)
+    >>> objective.loss.backward() if objective.loss.requires_grad else None
+    >>> sorted(objective.terms)
+    ['dimkl', 'elbo', 'kl', 'loss', 'mi', 'recon', 'tc']
+    >>> objective.weights
+    {'mi_weight': 1.0, 'tc_weight': 6.0, 'dimkl_weight': 1.0}
 """
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Dict, NamedTuple, Optional
 
 import torch
@@ -50,10 +85,65 @@ DIVERGENCES = ("kl", "inclusive_kl", "mmd")
 
 
 class Objective(NamedTuple):
-    """``loss``: scalar tensor to minimise (nats per data point); ``terms``: float diagnostics."""
+    """What every objective returns.
+
+    Attributes:
+        loss: scalar tensor to minimise (nats per data point), differentiable.
+        terms: name -> detached 0-d tensor on the loss's device (batch means, nats): ``loss``,
+            ``recon``, ``kl``, ``elbo`` and the objective's own terms.
+        weights: name -> float, the coefficients the loss was built with (``tc_weight``, ...).
+    """
 
     loss: torch.Tensor
-    terms: Dict[str, float]
+    terms: Dict[str, torch.Tensor]
+    weights: Dict[str, float]
+
+    def floats(self) -> Dict[str, float]:
+        """``terms`` as Python floats, moved to the host in one transfer (call it when you log)."""
+        names = list(self.terms)
+        values = torch.stack([self.terms[n].to(torch.float64) for n in names]).tolist()
+        return dict(zip(names, values))
+
+
+def _terms(**values: torch.Tensor) -> Dict[str, torch.Tensor]:
+    return {name: value.detach() for name, value in values.items()}
+
+
+def _deprecated_weights(function: str, given: dict, renames: dict, chosen: dict, defaults: dict) -> dict:
+    """Map the 0.1 keywords (``alpha``, ``beta``, ...) onto the weights' names, with a warning.
+
+    ``renames``: old name -> (new name, conversion); ``chosen``: the new-name values as passed;
+    ``defaults``: their defaults (a new name given away from its default and its old alias together
+    is an error). Unknown keywords raise TypeError as Python would.
+    """
+    chosen = dict(chosen)
+    for old, value in given.items():
+        if old not in renames:
+            raise TypeError(f"{function}() got an unexpected keyword argument {old!r}")
+        new, convert = renames[old]
+        if chosen[new] is not defaults[new]:
+            raise TypeError(f"{function}() got both {new}= and its deprecated alias {old}=")
+        warnings.warn(f"{function}({old}=...) is deprecated since tcestim 0.2: use {new}= (see "
+                      "tcestim.losses for the mapping of the papers' symbols)", DeprecationWarning, stacklevel=3)
+        chosen[new] = convert(_check_coef(old, value))
+    return chosen
+
+
+class _Default(float):
+    """A weight's default value (1.0 unless noted), told apart from the same number passed explicitly."""
+
+
+_DEFAULT = _Default(1.0)
+_DEFAULT_TC = _Default(6.0)
+_DEFAULT_ZERO = _Default(0.0)
+
+
+def _same(value):
+    return value
+
+
+def _plus_one(value):
+    return 1.0 + value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,8 +183,8 @@ def _check_mu_logvar(mu, logvar):
     return mu.to(dtype), logvar.to(dtype)
 
 
-def _float(t) -> float:
-    return float(t.detach()) if isinstance(t, torch.Tensor) else float(t)
+def _weight(value) -> float:
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -180,55 +270,86 @@ def mmd_imq(x: torch.Tensor, y: torch.Tensor, *, c: Optional[float] = None) -> t
 # objectives
 
 
-def beta_vae(log_px: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, beta: float = 1.0) -> Objective:
-    """β-VAE (Higgins et al. 2017): loss = -mean log p(x|z) + beta * mean KL(q(z|x) || N(0, I)).
+def beta_vae(log_px: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, kl_weight: float = _DEFAULT,
+             **deprecated) -> Objective:
+    """β-VAE (Higgins et al. 2017): loss = -mean log p(x|z) + kl_weight * mean KL(q(z|x) || N(0, I)).
 
     The KL is the closed form 0.5 sum_d (mu^2 + exp(logvar) - 1 - logvar).
 
     Args:
         log_px: (B,) log p(x_i | z_i), nats.
         mu, logvar: (B, D) encoder parameters.
-        beta: KL weight (1 gives the negative ELBO).
+        kl_weight: the paper's β (1 gives the negative ELBO). ``beta=`` is its deprecated alias.
 
     Returns:
-        :class:`Objective`; terms ``loss, recon, kl, elbo, beta``.
+        :class:`Objective`; terms ``loss, recon, kl, elbo``; weights ``kl_weight``.
+
+    Example:
+        >>> import torch
+        >>> out = beta_vae(-torch.rand(8) * 50, torch.randn(8, 3), torch.zeros(8, 3), kl_weight=4.0)
+        >>> out.weights
+        {'kl_weight': 4.0}
     """
+    kl_weight = _deprecated_weights("beta_vae", deprecated, {"beta": ("kl_weight", _same)},
+                                    {"kl_weight": kl_weight}, {"kl_weight": _DEFAULT})["kl_weight"]
     mu, logvar = _check_mu_logvar(mu, logvar)
     log_px = _check_log_px(log_px, mu.shape[0])
-    beta = _check_coef("beta", beta)
+    kl_weight = _check_coef("kl_weight", kl_weight)
     recon = -log_px.mean()
     kl = gaussian_kl(mu, logvar).mean()
-    loss = recon + beta * kl
-    return Objective(loss, {"loss": _float(loss), "recon": _float(recon), "kl": _float(kl),
-                            "elbo": _float(-recon - kl), "beta": _float(beta)})
+    loss = recon + kl_weight * kl
+    return Objective(loss, _terms(loss=loss, recon=recon, kl=kl, elbo=-recon - kl), {"kl_weight": _weight(kl_weight)})
 
 
 def beta_tcvae(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
-               dataset_size: Optional[int], alpha: float = 1.0, beta: float = 6.0, gamma: float = 1.0,
-               estimator: str = "stratified", prior=None, bank=None, jackknife: bool = False) -> Objective:
-    """β-TCVAE (Chen et al. 2018, eq. 4; eq. 2 is alpha = gamma = 1):
+               dataset_size: Optional[int], mi_weight: float = _DEFAULT, tc_weight: float = _DEFAULT_TC,
+               dimkl_weight: float = _DEFAULT, estimator: str = "stratified", prior=None, bank=None,
+               jackknife: bool = False, **deprecated) -> Objective:
+    """β-TCVAE (Chen et al. 2018, eq. 4; eq. 2 is mi_weight = dimkl_weight = 1):
 
-        loss = -mean log p(x|z) + alpha * MI + beta * TC + gamma * dimKL
+        loss = -mean log p(x|z) + mi_weight * MI + tc_weight * TC + dimkl_weight * dimKL
 
     with MI, TC, dimKL the batch means of :func:`tcestim.decompose` (per-sample estimates, nats). With
-    alpha = beta = gamma = 1 it is the negative ELBO, -mean(log_px - (log q(z|x) - log p(z))), the
-    KL estimated by Monte Carlo at z.
+    all three weights 1 it is the negative ELBO, -mean(log_px - (log q(z|x) - log p(z))), the KL
+    estimated by Monte Carlo at z.
 
     Args:
         log_px: (B,) log p(x_i | z_i).
         z, mu, logvar: (B, D) samples and encoder parameters.
         dataset_size: N >= B (required keyword; None means N = B).
-        alpha, beta, gamma: weights of MI, TC and dimension-wise KL.
+        mi_weight, tc_weight, dimkl_weight: the paper's α, β (default 6), γ. ``alpha=``, ``beta=``,
+            ``gamma=`` are their deprecated aliases.
         estimator, bank, jackknife: passed to :func:`tcestim.decompose`.
         prior: a factorised prior (None = N(0, I), a :mod:`tcestim.priors` factorised prior, a
             Distribution with elementwise log_prob, or a callable z -> (B, D)).
 
     Returns:
-        :class:`Objective`; terms ``loss, recon, mi, tc, dimkl, kl, elbo, alpha, beta, gamma``.
+        :class:`Objective`; terms ``loss, recon, mi, tc, dimkl, kl, elbo``; weights ``mi_weight,
+        tc_weight, dimkl_weight``.
+
+    Example:
+        >>> import torch
+        >>> mu, logvar = torch.randn(16, 3), torch.zeros(16, 3)
+        >>> out = beta_tcvae(-torch.rand(16), mu + torch.randn_like(mu), mu, logvar, dataset_size=1000)
+        >>> values = out.floats()                     # one device-to-host transfer
+        >>> abs(values["kl"] - (values["mi"] + values["tc"] + values["dimkl"])) < 1e-5
+        True
     """
+    weights = _deprecated_weights(
+        "beta_tcvae", deprecated,
+        {"alpha": ("mi_weight", _same), "beta": ("tc_weight", _same), "gamma": ("dimkl_weight", _same)},
+        {"mi_weight": mi_weight, "tc_weight": tc_weight, "dimkl_weight": dimkl_weight},
+        {"mi_weight": _DEFAULT, "tc_weight": _DEFAULT_TC, "dimkl_weight": _DEFAULT})
+    return _beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, estimator=estimator, prior=prior,
+                       bank=bank, jackknife=jackknife, **weights)
+
+
+def _beta_tcvae(log_px, z, mu, logvar, *, dataset_size, mi_weight, tc_weight, dimkl_weight, estimator, prior,
+                bank, jackknife) -> Objective:
     check_posterior(z, mu, logvar)
     log_px = _check_log_px(log_px, z.shape[0])
-    alpha, beta, gamma = (_check_coef(n, v) for n, v in (("alpha", alpha), ("beta", beta), ("gamma", gamma)))
+    mi_weight, tc_weight, dimkl_weight = (_check_coef(n, v) for n, v in (
+        ("mi_weight", mi_weight), ("tc_weight", tc_weight), ("dimkl_weight", dimkl_weight)))
     if not is_factorised(prior):
         raise NonFactorisedPriorError(
             f"beta_tcvae needs a factorised prior for the dimension-wise KL, got {type(prior).__name__}; "
@@ -236,57 +357,75 @@ def beta_tcvae(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: 
     d = decompose(z, mu, logvar, dataset_size=dataset_size, estimator=estimator, prior=prior, bank=bank,
                   jackknife=jackknife)
     recon = -log_px.mean()
-    loss = recon + (alpha * d.mi + beta * d.tc + gamma * d.dimkl).mean()
+    mi, tc, dimkl = d.mi.mean(), d.tc.mean(), d.dimkl.mean()
+    loss = recon + mi_weight * mi + tc_weight * tc + dimkl_weight * dimkl
     kl = (d.log_qzx - d.log_pz).mean()
-    terms = {"loss": _float(loss), "recon": _float(recon),
-             **{name: _float(getattr(d, name).mean()) for name in ("mi", "tc", "dimkl")}, "kl": _float(kl),
-             "elbo": _float(-recon - kl), "alpha": _float(alpha), "beta": _float(beta), "gamma": _float(gamma)}
-    return Objective(loss, terms)
+    return Objective(loss, _terms(loss=loss, recon=recon, mi=mi, tc=tc, dimkl=dimkl, kl=kl, elbo=-recon - kl),
+                     {"mi_weight": _weight(mi_weight), "tc_weight": _weight(tc_weight),
+                      "dimkl_weight": _weight(dimkl_weight)})
 
 
 def rtc_vae(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
-            dataset_size: Optional[int], beta: float, eta: float, estimator: str = "stratified",
-            prior=None, bank=None, jackknife: bool = False) -> Objective:
-    """RTC-VAE (RTC-VAE paper, eq. 3-4): L_RTC = ELBO - beta TC - eta tr(E_n Cov_q(z|n)[z]); the loss is
+            dataset_size: Optional[int], tc_weight: Optional[float] = None,
+            variance_weight: Optional[float] = None, estimator: str = "stratified", prior=None, bank=None,
+            jackknife: bool = False, **deprecated) -> Objective:
+    """RTC-VAE (RTC-VAE paper, eq. 3-4): L_RTC = ELBO - β TC - η tr(E_n Cov_q(z|n)[z]); the loss is
 
-        loss = -ELBO + beta * TC + eta * sum_d E_n[sigma_d^2(n)]
-             = -mean log p(x|z) + MI + (1 + beta) TC + dimKL + eta * sum_d mean_n exp(logvar_nd)
+        loss = -mean log p(x|z) + MI + tc_weight * TC + dimKL + variance_weight * sum_d mean_n exp(logvar_nd)
 
-    Note the paper's convention (eq. 3, L_β-TC = ELBO - β TC): ``beta`` is the TC weight *on top of*
-    the ELBO's own TC, so this equals ``beta_tcvae(..., alpha=1, beta=1 + beta, gamma=1)`` plus the
-    penalty (terms report ``tc_weight`` = 1 + beta). The paper uses eta = 10.
+    The paper's β is added to the ELBO's own TC weight of 1 (eq. 3, L_β-TC = ELBO - β TC), so
+    ``tc_weight = 1 + β``; η is ``variance_weight`` (the paper uses 10). This equals
+    ``beta_tcvae(..., tc_weight=tc_weight)`` plus the penalty. The deprecated ``beta=`` keeps the
+    paper's convention (``tc_weight = 1 + beta``) and ``eta=`` is ``variance_weight``.
 
     Args:
         log_px: (B,) log p(x_i | z_i).
         z, mu, logvar: (B, D).
         dataset_size: N >= B (required keyword; None means N = B).
-        beta: extra TC weight. eta: weight of the variance penalty.
+        tc_weight: the total weight of TC (required). variance_weight: weight of the penalty (required).
         estimator, prior, bank, jackknife: as in :func:`beta_tcvae`.
 
     Returns:
-        :class:`Objective`; the terms of :func:`beta_tcvae` plus ``var_penalty``, ``eta``, ``tc_weight``.
+        :class:`Objective`; the terms of :func:`beta_tcvae` plus ``var_penalty``; weights ``mi_weight,
+        tc_weight, dimkl_weight, variance_weight``.
+
+    Example:
+        >>> import torch
+        >>> mu, logvar = torch.randn(16, 3), torch.zeros(16, 3)
+        >>> out = rtc_vae(-torch.rand(16), mu + torch.randn_like(mu), mu, logvar, dataset_size=1000,
+        ...               tc_weight=6.0, variance_weight=10.0)
+        >>> round(out.floats()["var_penalty"], 3)
+        3.0
     """
-    beta = _check_coef("beta", beta)
-    eta = _check_coef("eta", eta)
-    base = beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, alpha=1.0, beta=1.0 + beta, gamma=1.0,
-                      estimator=estimator, prior=prior, bank=bank, jackknife=jackknife)
+    weights = _deprecated_weights(
+        "rtc_vae", deprecated, {"beta": ("tc_weight", _plus_one), "eta": ("variance_weight", _same)},
+        {"tc_weight": tc_weight, "variance_weight": variance_weight}, {"tc_weight": None, "variance_weight": None})
+    for name, value in weights.items():
+        if value is None:
+            raise TypeError(f"rtc_vae() missing required keyword argument {name!r}")
+    variance_weight = _check_coef("variance_weight", weights["variance_weight"])
+    base = _beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, mi_weight=1.0,
+                       tc_weight=weights["tc_weight"], dimkl_weight=1.0, estimator=estimator, prior=prior,
+                       bank=bank, jackknife=jackknife)
     penalty = rtc_variance_penalty(logvar)
-    loss = base.loss + eta * penalty
+    loss = base.loss + variance_weight * penalty
     terms = dict(base.terms)
-    terms.update(loss=_float(loss), beta=_float(beta), tc_weight=_float(1.0 + beta), eta=_float(eta),
-                 var_penalty=_float(penalty))
-    return Objective(loss, terms)
+    terms.update(_terms(loss=loss, var_penalty=penalty))
+    return Objective(loss, terms, {**base.weights, "variance_weight": _weight(variance_weight)})
 
 
 def decomposition_objective(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
-                            dataset_size: Optional[int], beta: float = 1.0, alpha: float = 0.0,
-                            divergence: str = "kl", prior=None, prior_samples: Optional[torch.Tensor] = None,
+                            dataset_size: Optional[int], kl_weight: float = _DEFAULT,
+                            divergence_weight: float = _DEFAULT_ZERO, divergence: str = "kl", prior=None, prior_samples: Optional[torch.Tensor] = None,
                             estimator: str = "stratified", bank=None, kl: str = "auto",
                             mmd_c: Optional[float] = None,
-                            generator: Optional[torch.Generator] = None) -> Objective:
+                            generator: Optional[torch.Generator] = None, **deprecated) -> Objective:
     """Mathieu et al. (2019) eq. 7, as a loss to minimise:
 
-        L_{α,β} = E log p(x|z) - beta KL(q(z|x) || p(z)) - alpha D(q(z), p(z));   loss = -L_{α,β}
+        L_{α,β} = E log p(x|z) - β KL(q(z|x) || p(z)) - α D(q(z), p(z));   loss = -L_{α,β}
+
+    with β = ``kl_weight`` and α = ``divergence_weight`` (``beta=`` and ``alpha=`` are their
+    deprecated aliases).
 
     KL(q(z|x) || p(z)) (per sample, batch mean): closed form for N(0, I) (None or
     :class:`~tcestim.priors.StandardNormal`), :class:`~tcestim.priors.AnisotropicGaussian` and
@@ -311,18 +450,32 @@ def decomposition_objective(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Ten
     Args:
         log_px: (B,) log p(x_i | z_i). z, mu, logvar: (B, D).
         dataset_size: N >= B, used by ``divergence="kl"`` (required keyword; None means N = B).
-        beta, alpha: weights of the KL and the divergence (alpha = 0 gives a β-VAE with this prior).
+        kl_weight, divergence_weight: weights of the KL and the divergence (divergence_weight = 0, the
+            default, gives a β-VAE with this prior).
         prior: None (N(0, I)), any :mod:`tcestim.priors` prior (factorised or not), a Distribution, or a
             callable giving (B, D) or (B,) log densities (a callable cannot be sampled).
 
     Returns:
-        :class:`Objective`; terms ``loss, recon, kl, divergence, elbo, beta, alpha, kl_analytic``
-        (1.0 when the KL was the closed form).
+        :class:`Objective`; terms ``loss, recon, kl, divergence, elbo, kl_analytic`` (1 when the KL
+        was the closed form); weights ``kl_weight, divergence_weight``.
+
+    Example:
+        >>> import torch
+        >>> mu, logvar = torch.randn(16, 3), torch.zeros(16, 3)
+        >>> out = decomposition_objective(-torch.rand(16), mu + torch.randn_like(mu), mu, logvar,
+        ...                               dataset_size=1000, divergence_weight=2.0, divergence="mmd")
+        >>> out.weights
+        {'kl_weight': 1.0, 'divergence_weight': 2.0}
     """
+    weights = _deprecated_weights(
+        "decomposition_objective", deprecated,
+        {"beta": ("kl_weight", _same), "alpha": ("divergence_weight", _same)},
+        {"kl_weight": kl_weight, "divergence_weight": divergence_weight},
+        {"kl_weight": _DEFAULT, "divergence_weight": _DEFAULT_ZERO})
     check_posterior(z, mu, logvar)
     log_px = _check_log_px(log_px, z.shape[0])
-    beta = _check_coef("beta", beta)
-    alpha = _check_coef("alpha", alpha)
+    kl_weight = _check_coef("kl_weight", weights["kl_weight"])
+    divergence_weight = _check_coef("divergence_weight", weights["divergence_weight"])
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if kl not in ("auto", "analytic", "sample"):
@@ -366,9 +519,8 @@ def decomposition_objective(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Ten
 
     recon = -log_px.mean()
     kl_mean = kl_per_sample.mean()
-    loss = recon + beta * kl_mean + alpha * div
-    terms = {"loss": _float(loss), "recon": _float(recon), "kl": _float(kl_mean), "divergence": _float(div),
-             "elbo": _float(-recon - kl_mean), "beta": _float(beta), "alpha": _float(alpha),
-             "kl_analytic": 1.0 if analytic else 0.0}
-    return Objective(loss, terms)
+    loss = recon + kl_weight * kl_mean + divergence_weight * div
+    terms = _terms(loss=loss, recon=recon, kl=kl_mean, divergence=div, elbo=-recon - kl_mean,
+                   kl_analytic=torch.full_like(loss, 1.0 if analytic else 0.0))
+    return Objective(loss, terms, {"kl_weight": _weight(kl_weight), "divergence_weight": _weight(divergence_weight)})
 

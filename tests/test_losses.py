@@ -106,7 +106,7 @@ def test_gaussian_kl_closed_form(batch):
 def test_beta_vae(batch):
     log_px, _, mu, logvar = batch
     beta = 4.0
-    obj = L.beta_vae(log_px, mu, logvar, beta)
+    obj = L.beta_vae(log_px, mu, logvar, kl_weight=beta)
     kl = ref_gaussian_kl(_np(mu), _np(logvar)).mean()
     recon = -_np(log_px).mean()
     close(obj.loss, recon + beta * kl)
@@ -114,14 +114,16 @@ def test_beta_vae(batch):
     close(obj.terms["kl"], kl)
     close(obj.terms["recon"], recon)
     close(obj.terms["elbo"], -recon - kl)
-    assert set(obj.terms) == {"loss", "recon", "kl", "elbo", "beta"}
-    assert all(isinstance(v, float) for v in obj.terms.values())
+    assert set(obj.terms) == {"loss", "recon", "kl", "elbo"}
+    assert obj.weights == {"kl_weight": beta}
+    assert all(isinstance(v, torch.Tensor) and v.shape == () and not v.requires_grad for v in obj.terms.values())
+    assert obj.floats() == {name: float(value) for name, value in obj.terms.items()}
 
 
 def test_beta_tcvae_matches_reference(batch):
     log_px, z, mu, logvar = batch
     alpha, beta, gamma = 0.5, 6.0, 2.0
-    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, alpha=alpha, beta=beta, gamma=gamma)
+    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, mi_weight=alpha, tc_weight=beta, dimkl_weight=gamma)
     r = ref_terms(batch)
     expected = -r["log_px"].mean() + alpha * r["mi"].mean() + beta * r["tc"].mean() + gamma * r["dimkl"].mean()
     close(obj.loss, expected)
@@ -135,7 +137,7 @@ def test_beta_tcvae_matches_reference(batch):
 @pytest.mark.parametrize("estimator", ["stratified", "mss", "mws"])
 def test_beta_tcvae_with_unit_weights_is_the_negative_elbo(batch, prior, estimator):
     log_px, z, mu, logvar = batch
-    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, alpha=1.0, beta=1.0, gamma=1.0,
+    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, mi_weight=1.0, tc_weight=1.0, dimkl_weight=1.0,
                        estimator=estimator, prior=prior)
     log_qzx = torch.distributions.Normal(mu, (0.5 * logvar).exp()).log_prob(z).sum(1)
     log_pz = P.prior_log_prob(prior, z)
@@ -146,7 +148,7 @@ def test_beta_tcvae_with_unit_weights_is_the_negative_elbo(batch, prior, estimat
 
 def test_beta_tcvae_with_student_t_prior_matches_reference(batch):
     log_px, z, mu, logvar = batch
-    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, beta=3.0, prior=P.FactorisedStudentT(D, 3.0))
+    obj = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, tc_weight=3.0, prior=P.FactorisedStudentT(D, 3.0))
     r = ref_terms(batch, lambda x: stats.t.logpdf(x, df=3.0))
     close(obj.loss, -r["log_px"].mean() + r["mi"].mean() + 3.0 * r["tc"].mean() + r["dimkl"].mean())
 
@@ -160,23 +162,24 @@ def test_rtc_variance_penalty_closed_form(batch):
 def test_rtc_vae_matches_reference(batch):
     log_px, z, mu, logvar = batch
     beta, eta = 5.0, 10.0
-    obj = L.rtc_vae(log_px, z, mu, logvar, dataset_size=N, beta=beta, eta=eta)
+    obj = L.rtc_vae(log_px, z, mu, logvar, dataset_size=N, tc_weight=1.0 + beta, variance_weight=eta)
     r = ref_terms(batch)
     neg_elbo = -(r["log_px"] - (r["log_qzx"] - r["log_pz"])).mean()
     penalty = np.exp(_np(logvar)).mean(0).sum()
     # RTC-VAE eq. 3-4: -L_RTC = -ELBO + beta TC + eta sum_d E_n sigma_d^2
     close(obj.loss, neg_elbo + beta * r["tc"].mean() + eta * penalty)
     close(obj.terms["var_penalty"], penalty)
-    assert obj.terms["tc_weight"] == 1.0 + beta
+    assert obj.weights["tc_weight"] == 1.0 + beta and obj.weights["variance_weight"] == eta
     # the same as beta_tcvae with TC weight 1 + beta, plus the penalty
-    base = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, beta=1.0 + beta)
+    base = L.beta_tcvae(log_px, z, mu, logvar, dataset_size=N, tc_weight=1.0 + beta)
     torch.testing.assert_close(obj.loss, base.loss + eta * L.rtc_variance_penalty(logvar), rtol=1e-12, atol=1e-12)
 
 
 def test_decomposition_objective_kl_standard_normal(batch):
     log_px, z, mu, logvar = batch
     beta, alpha = 2.0, 3.0
-    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, beta=beta, alpha=alpha, divergence="kl")
+    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, kl_weight=beta, divergence_weight=alpha,
+                                    divergence="kl")
     r = ref_terms(batch)
     kl = ref_gaussian_kl(_np(mu), _np(logvar)).mean()
     div = (r["log_qz"] - r["log_pz"]).mean()
@@ -185,7 +188,7 @@ def test_decomposition_objective_kl_standard_normal(batch):
     close(obj.terms["kl"], kl)
     assert obj.terms["kl_analytic"] == 1.0
     # beta = 1, alpha = 0 with a Gaussian prior is the VAE (beta-VAE with beta = 1)
-    vae = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, beta=1.0, alpha=0.0)
+    vae = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, kl_weight=1.0, divergence_weight=0.0)
     torch.testing.assert_close(vae.loss, L.beta_vae(log_px, mu, logvar, 1.0).loss, rtol=1e-12, atol=1e-12)
 
 
@@ -194,7 +197,7 @@ def test_decomposition_objective_kl_mixture_prior_monte_carlo(batch):
     g = torch.Generator().manual_seed(2)
     means = torch.randn(4, D, generator=g, dtype=torch.float64)
     prior = P.MixtureOfGaussians(means, math.log(0.7)).double()
-    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, beta=1.5, alpha=2.0,
+    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, kl_weight=1.5, divergence_weight=2.0,
                                     divergence="kl", prior=prior)
     zn = _np(z)
     log_pz = np.array([special.logsumexp([np.log(0.25) + stats.norm.logpdf(row, m, 0.7).sum()
@@ -210,7 +213,7 @@ def test_decomposition_objective_inclusive_kl(batch):
     log_px, z, mu, logvar = batch
     ys = torch.randn(7, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     prior = P.SpikeAndSlab(D, 0.5, spike_scale=0.3)
-    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, beta=1.0, alpha=5.0,
+    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, kl_weight=1.0, divergence_weight=5.0,
                                     divergence="inclusive_kl", prior=prior, prior_samples=ys)
     y = _np(ys)
     log_p = np.log(0.5 * stats.norm.pdf(y, scale=1.0) + 0.5 * stats.norm.pdf(y, scale=0.3)).sum(1)
@@ -236,7 +239,7 @@ def test_mmd_imq_matches_double_loop(batch, c):
 def test_decomposition_objective_mmd(batch):
     log_px, z, mu, logvar = batch
     ys = torch.randn(8, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, beta=0.5, alpha=100.0,
+    obj = L.decomposition_objective(log_px, z, mu, logvar, dataset_size=N, kl_weight=0.5, divergence_weight=100.0,
                                     divergence="mmd", prior_samples=ys)
     mmd = ref_mmd_imq(_np(z), _np(ys), 2.0 * D)
     kl = ref_gaussian_kl(_np(mu), _np(logvar)).mean()
@@ -247,10 +250,10 @@ def test_decomposition_objective_mmd(batch):
 def test_decomposition_objective_draws_prior_samples(batch):
     log_px, z, mu, logvar = batch
     prior = P.FactorisedStudentT(D, 4.0)
-    kw = dict(dataset_size=N, alpha=1.0, divergence="mmd", prior=prior)
+    kw = dict(dataset_size=N, divergence_weight=1.0, divergence="mmd", prior=prior)
     a = L.decomposition_objective(log_px, z, mu, logvar, generator=torch.Generator().manual_seed(0), **kw)
     b = L.decomposition_objective(log_px, z, mu, logvar, generator=torch.Generator().manual_seed(0), **kw)
-    assert a.terms == b.terms
+    assert a.floats() == b.floats()
     ys = prior.sample(B, generator=torch.Generator().manual_seed(0)).double()
     close(a.terms["divergence"], ref_mmd_imq(_np(z), _np(ys), 2.0 * D), tol=1e-6)
 
@@ -283,11 +286,11 @@ def test_analytic_kl_for_gaussian_priors(batch):
 def _objectives(prior):
     yield "beta_vae", lambda lp, z, mu, lv: L.beta_vae(lp, mu, lv, 4.0)
     yield "beta_tcvae", lambda lp, z, mu, lv: L.beta_tcvae(lp, z, mu, lv, dataset_size=N, prior=prior)
-    yield "rtc_vae", lambda lp, z, mu, lv: L.rtc_vae(lp, z, mu, lv, dataset_size=N, beta=5.0, eta=10.0,
-                                                     prior=prior)
+    yield "rtc_vae", lambda lp, z, mu, lv: L.rtc_vae(lp, z, mu, lv, dataset_size=N, tc_weight=6.0,
+                                                     variance_weight=10.0, prior=prior)
     for div in L.DIVERGENCES:
         yield div, lambda lp, z, mu, lv, div=div: L.decomposition_objective(
-            lp, z, mu, lv, dataset_size=N, beta=2.0, alpha=3.0, divergence=div, prior=prior,
+            lp, z, mu, lv, dataset_size=N, kl_weight=2.0, divergence_weight=3.0, divergence=div, prior=prior,
             generator=torch.Generator().manual_seed(0))
 
 
@@ -322,14 +325,14 @@ def test_gradcheck_float64():
     prior = P.FactorisedStudentT(d, 3.0).double()
 
     def tcvae(lp, z_, m, lv):
-        return L.rtc_vae(lp, z_, m, lv, dataset_size=n, beta=2.0, eta=0.5, prior=prior).loss
+        return L.rtc_vae(lp, z_, m, lv, dataset_size=n, tc_weight=3.0, variance_weight=0.5, prior=prior).loss
 
     def inclusive(lp, z_, m, lv):
-        return L.decomposition_objective(lp, z_, m, lv, dataset_size=n, beta=1.5, alpha=2.0,
+        return L.decomposition_objective(lp, z_, m, lv, dataset_size=n, kl_weight=1.5, divergence_weight=2.0,
                                          divergence="inclusive_kl", prior=prior, prior_samples=ys).loss
 
     def mmd(lp, z_, m, lv):
-        return L.decomposition_objective(lp, z_, m, lv, dataset_size=n, alpha=2.0, divergence="mmd",
+        return L.decomposition_objective(lp, z_, m, lv, dataset_size=n, divergence_weight=2.0, divergence="mmd",
                                          prior_samples=ys).loss
 
     for fn in (tcvae, inclusive, mmd):
@@ -346,9 +349,9 @@ def test_bad_arguments(batch):
         L.beta_vae(log_px[:-1], mu, logvar, 1.0)
     with pytest.raises(ValueError, match="log_px"):
         L.beta_tcvae(log_px[:, None], z, mu, logvar, dataset_size=N)
-    with pytest.raises(ValueError, match="beta"):
+    with pytest.raises(ValueError, match="kl_weight"):
         L.beta_vae(log_px, mu, logvar, float("nan"))
-    with pytest.raises(TypeError, match="beta"):
+    with pytest.raises(TypeError, match="kl_weight"):
         L.beta_vae(log_px, mu, logvar, "4")
     with pytest.raises(ValueError, match="logvar"):
         L.beta_vae(log_px, mu, logvar[:, :-1], 1.0)
@@ -376,3 +379,33 @@ def test_tcestim_namespace_unchanged():
     import tcestim.losses
     import tcestim.priors
     assert tcestim.losses.Objective is L.Objective and tcestim.priors.Prior is P.Prior
+
+
+# ----------------------------------------------------------------------------------------------
+# the 0.1 keywords (alpha, beta, gamma, eta) map onto the weights' names, with a warning
+
+
+@pytest.mark.parametrize("old, new", [
+    (lambda b: L.beta_vae(*b[:1], *b[2:], beta=4.0), lambda b: L.beta_vae(*b[:1], *b[2:], kl_weight=4.0)),
+    (lambda b: L.beta_tcvae(*b, dataset_size=N, alpha=0.5, beta=3.0, gamma=2.0),
+     lambda b: L.beta_tcvae(*b, dataset_size=N, mi_weight=0.5, tc_weight=3.0, dimkl_weight=2.0)),
+    (lambda b: L.rtc_vae(*b, dataset_size=N, beta=5.0, eta=10.0),
+     lambda b: L.rtc_vae(*b, dataset_size=N, tc_weight=6.0, variance_weight=10.0)),
+    (lambda b: L.decomposition_objective(*b, dataset_size=N, beta=1.5, alpha=2.0),
+     lambda b: L.decomposition_objective(*b, dataset_size=N, kl_weight=1.5, divergence_weight=2.0)),
+], ids=["beta_vae", "beta_tcvae", "rtc_vae", "decomposition_objective"])
+def test_deprecated_weight_names_warn_and_mean_the_same(batch, old, new):
+    with pytest.warns(DeprecationWarning, match="is deprecated since tcestim 0.2: use"):
+        before = old(batch)
+    after = new(batch)
+    assert float(before.loss.detach()) == float(after.loss.detach())
+    assert before.weights == after.weights
+
+
+def test_deprecated_weight_names_refuse_ambiguity(batch):
+    with pytest.raises(TypeError, match="got both tc_weight= and its deprecated alias beta="):
+        L.beta_tcvae(*batch, dataset_size=N, tc_weight=2.0, beta=3.0)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'delta'"):
+        L.beta_tcvae(*batch, dataset_size=N, delta=3.0)
+    with pytest.raises(TypeError, match="missing required keyword argument 'variance_weight'"):
+        L.rtc_vae(*batch, dataset_size=N, tc_weight=2.0)

@@ -91,17 +91,20 @@ def build_prior(args):
 
 
 def objective(args, prior, log_px, out, dataset_size):
+    """The command line takes each paper's own symbols (--alpha, --beta, --gamma, --eta); this maps
+    them onto tcestim.losses' weights, as the table in that module's docstring says."""
     z, mu, logvar = out.z, out.mu, out.logvar
     if args.objective == "beta-vae":
-        return losses.beta_vae(log_px, mu, logvar, beta=args.beta)
+        return losses.beta_vae(log_px, mu, logvar, kl_weight=args.beta)
     if args.objective == "beta-tcvae":
-        return losses.beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, alpha=args.alpha,
-                                 beta=args.beta, gamma=args.gamma, estimator=args.estimator, prior=prior)
+        return losses.beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, mi_weight=args.alpha,
+                                 tc_weight=args.beta, dimkl_weight=args.gamma, estimator=args.estimator,
+                                 prior=prior)
     if args.objective == "rtc-vae":
-        return losses.rtc_vae(log_px, z, mu, logvar, dataset_size=dataset_size, beta=args.beta, eta=args.eta,
-                              estimator=args.estimator, prior=prior)
-    return losses.decomposition_objective(log_px, z, mu, logvar, dataset_size=dataset_size, beta=args.beta,
-                                          alpha=args.alpha, divergence=args.divergence, prior=prior,
+        return losses.rtc_vae(log_px, z, mu, logvar, dataset_size=dataset_size, tc_weight=1.0 + args.beta,
+                              variance_weight=args.eta, estimator=args.estimator, prior=prior)
+    return losses.decomposition_objective(log_px, z, mu, logvar, dataset_size=dataset_size, kl_weight=args.beta,
+                                          divergence_weight=args.alpha, divergence=args.divergence, prior=prior,
                                           estimator=args.estimator)
 
 
