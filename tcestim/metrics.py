@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -30,18 +31,59 @@ import torch
 
 from tcestim.mixture import log_aggregate_posterior
 
-__all__ = ["MIGDetails", "mig", "mutual_information_matrix", "hoyer_sparsity", "tc_of_means_vs_samples",
-           "discrete_entropy", "discrete_mutual_information"]
+__all__ = ["MIG", "MIGDetails", "TCOfMeansVsSamples", "mig", "mutual_information_matrix", "hoyer_sparsity",
+           "tc_of_means_vs_samples", "discrete_entropy", "discrete_mutual_information"]
 
 METHODS = ("chen", "discrete")
 
 
 class MIGDetails(NamedTuple):
-    mi: torch.Tensor              # (D, K) I(z_j; v_k) in nats
-    factor_entropy: torch.Tensor  # (K,) H(v_k) in nats
-    gaps: torch.Tensor            # (K,) normalised gap (top1 - top2) / H(v_k); NaN for constant factors
-    best_latent: torch.Tensor     # (K,) int64, j(k) = argmax_j I(z_j; v_k)
+    """What the MIG is made of.
+
+    Attributes:
+        mi: (D, K) float64, I(z_j; v_k) in nats.
+        factor_entropy: (K,) float64, H(v_k) in nats.
+        gaps: (K,) float64, the normalised gap (top1 - top2) / H(v_k); NaN for constant factors.
+        best_latent: (K,) int64, j(k) = argmax_j I(z_j; v_k).
+        method: "chen" or "discrete".
+    """
+
+    mi: torch.Tensor
+    factor_entropy: torch.Tensor
+    gaps: torch.Tensor
+    best_latent: torch.Tensor
     method: str
+
+
+class MIG(NamedTuple):
+    """The result of :func:`mig`: ``score`` (0-d float64 tensor in [0, 1]) and its :class:`MIGDetails`.
+
+    Unpacks as ``score, details = mig(...)``.
+    """
+
+    score: torch.Tensor
+    details: MIGDetails
+
+
+class TCOfMeansVsSamples(NamedTuple):
+    """The result of :func:`tc_of_means_vs_samples`, 0-d tensors in nats.
+
+    Attributes:
+        tc_of_means: TC of N(0, Cov(mu)).
+        tc_of_samples: the stratified minibatch estimate of the aggregate posterior's TC at z.
+        difference: tc_of_samples - tc_of_means.
+    """
+
+    tc_of_means: torch.Tensor
+    tc_of_samples: torch.Tensor
+    difference: torch.Tensor
+
+    def __getitem__(self, key):
+        if isinstance(key, str):
+            warnings.warn("tc_of_means_vs_samples(...)[name] is deprecated since tcestim 0.2: the result "
+                          f"is a named tuple, use .{key}", DeprecationWarning, stacklevel=2)
+            return getattr(self, key)
+        return tuple.__getitem__(self, key)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,8 +299,16 @@ def mig(mu, logvar, factors, *, method: str = "chen", factor_sizes: Optional[Seq
         generator: randomness for the samples and subsets; None means a fixed seed (deterministic).
 
     Returns:
-        ``(score, details)``: the MIG as a float and :class:`MIGDetails` (the (D, K) MI matrix, H(v_k),
-        the per-factor normalised gaps and the best latent of each factor).
+        :class:`MIG` ``(score, details)``: the MIG as a 0-d float64 tensor and :class:`MIGDetails` (the
+        (D, K) MI matrix, H(v_k), the per-factor normalised gaps and the best latent of each factor).
+
+    Example:
+        >>> import torch
+        >>> factors = torch.arange(200) % 4                       # one factor with 4 values
+        >>> mu = torch.stack([factors.double(), torch.randn(200, dtype=torch.float64)], 1)
+        >>> score, details = mig(mu, torch.full_like(mu, -4.0), factors)
+        >>> bool(score > 0.8), details.best_latent.tolist()
+        (True, [0])
     """
     mi, f = _mig_parts(mu, logvar, factors, method=method, factor_sizes=factor_sizes, num_bins=num_bins,
                        samples_per_point=samples_per_point, num_samples=num_samples,
@@ -272,15 +322,14 @@ def mig(mu, logvar, factors, *, method: str = "chen", factor_sizes: Optional[Seq
                        (top[0] - second) / torch.where(constant, torch.ones_like(entropy), entropy))
     if bool(constant.all()):
         raise ValueError("every factor is constant (H(v_k) = 0): MIG is undefined")
-    score = float(gaps[~constant].mean())
-    return score, MIGDetails(mi, entropy, gaps, mi.argmax(0), method)
+    return MIG(gaps[~constant].mean(), MIGDetails(mi, entropy, gaps, mi.argmax(0), method))
 
 
 # ----------------------------------------------------------------------------------------------
 # other metrics
 
 
-def hoyer_sparsity(mu, *, normalise: bool = True) -> float:
+def hoyer_sparsity(mu, *, normalise: bool = True) -> torch.Tensor:
     """Mean Hoyer sparsity of the rows of a code (Mathieu et al. 2019, appendix B; Hurley & Rickard 2008).
 
         Hoyer(a) = (sqrt(D) - ||a||_1 / ||a||_2) / (sqrt(D) - 1)   in [0, 1]: 0 dense, 1 one-hot
@@ -293,7 +342,12 @@ def hoyer_sparsity(mu, *, normalise: bool = True) -> float:
         mu: (N, D) code, D >= 2.
 
     Returns:
-        The mean over rows, a float.
+        The mean over rows, a 0-d float64 tensor.
+
+    Example:
+        >>> import torch
+        >>> float(hoyer_sparsity(torch.eye(4), normalise=False))
+        1.0
     """
     mu = _check_code("mu", mu).to(torch.float64)
     N, D = mu.shape
@@ -308,10 +362,10 @@ def hoyer_sparsity(mu, *, normalise: bool = True) -> float:
         raise ValueError("every row of mu is zero: Hoyer sparsity is undefined")
     ratio = mu[keep].abs().sum(1) / l2[keep]
     root = math.sqrt(D)
-    return float(((root - ratio) / (root - 1)).mean())
+    return ((root - ratio) / (root - 1)).mean()
 
 
-def tc_of_means_vs_samples(z, mu, logvar, dataset_size: Optional[int]) -> dict:
+def tc_of_means_vs_samples(z, mu, logvar, *legacy, dataset_size: Optional[int] = None) -> TCOfMeansVsSamples:
     """The two common "total correlation of a representation" numbers side by side (nats).
 
     - ``tc_of_means``: TC of N(0, Cov(mu)), a Gaussian fitted to the means
@@ -320,12 +374,33 @@ def tc_of_means_vs_samples(z, mu, logvar, dataset_size: Optional[int]) -> dict:
       aggregate posterior at the samples z (:func:`tcestim.total_correlation`).
 
     They measure different things (a code can have TC_mean ~ 0 and large TC_sample, see the RTC-VAE
-    paper); the dict also has ``difference`` = tc_of_samples - tc_of_means.
+    paper).
+
+    Args:
+        z, mu, logvar: (B, D).
+        dataset_size: keyword, as in :func:`tcestim.total_correlation` (None means N = B). Passing it
+            as the fourth positional argument is deprecated.
+
+    Returns:
+        :class:`TCOfMeansVsSamples` of 0-d tensors (no gradient).
+
+    Example:
+        >>> import torch
+        >>> mu = torch.randn(100, 3)
+        >>> r = tc_of_means_vs_samples(mu + 0.1 * torch.randn_like(mu), mu, torch.full_like(mu, -4.6))
+        >>> torch.allclose(r.difference, r.tc_of_samples - r.tc_of_means)
+        True
     """
     from tcestim.estimators import total_correlation
     from tcestim.gaussian import gaussian_tc_of_means
 
+    if legacy:
+        if len(legacy) > 1 or dataset_size is not None:
+            raise TypeError("tc_of_means_vs_samples() takes dataset_size as a keyword only")
+        warnings.warn("tc_of_means_vs_samples(z, mu, logvar, dataset_size) is deprecated since tcestim 0.2: "
+                      "pass dataset_size= as a keyword", DeprecationWarning, stacklevel=2)
+        dataset_size = legacy[0]
     with torch.no_grad():
-        means = float(gaussian_tc_of_means(mu))
-        samples = float(total_correlation(z, mu, logvar, dataset_size=dataset_size, estimator="stratified"))
-    return {"tc_of_means": means, "tc_of_samples": samples, "difference": samples - means}
+        means = gaussian_tc_of_means(mu)
+        samples = total_correlation(z, mu, logvar, dataset_size=dataset_size, estimator="stratified")
+    return TCOfMeansVsSamples(means, samples, samples - means.to(samples.dtype))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import tcestim
-from tcestim.metrics import (MIGDetails, discrete_entropy, discrete_mutual_information, hoyer_sparsity,
+from tcestim.metrics import (MIG, MIGDetails, discrete_entropy, discrete_mutual_information, hoyer_sparsity,
                              mig, mutual_information_matrix, tc_of_means_vs_samples)
 
 METHODS = ("chen", "discrete")
@@ -40,7 +40,10 @@ def _haar_rotation(d, seed):
 @pytest.mark.parametrize("method", METHODS)
 def test_factorised_code_scores_high_and_mi_matrix_is_diagonal(code, method):
     mu, logvar, f = code
-    score, details = mig(mu, logvar, f, method=method, factor_sizes=SIZES)
+    result = mig(mu, logvar, f, method=method, factor_sizes=SIZES)
+    score, details = result
+    assert isinstance(result, MIG) and result.score is score and result.details is details
+    assert isinstance(score, torch.Tensor) and score.shape == () and score.dtype == torch.float64
     assert isinstance(details, MIGDetails) and details.method == method
     assert details.mi.shape == (3, 3) and details.gaps.shape == (3,)
     assert score >= 0.9
@@ -128,7 +131,7 @@ def test_chen_float64_and_numpy_factors(code):
     mu, logvar, f = code
     s32 = mig(mu, logvar, f)[0]
     s64 = mig(mu.double(), logvar.double(), f.numpy())[0]
-    assert s64 == pytest.approx(s32, abs=0.02)
+    assert float(s64) == pytest.approx(float(s32), abs=0.02)
 
 
 def test_discrete_binning_and_plug_in_mi():
@@ -199,7 +202,7 @@ def test_hoyer_normalisation_ignores_per_dimension_scale():
     g = torch.Generator().manual_seed(1)
     z = torch.randn(500, 6, generator=g)
     scaled = z * torch.tensor([1e-3, 1.0, 1.0, 1.0, 1.0, 50.0])     # a collapsed and a huge dimension
-    assert hoyer_sparsity(scaled) == pytest.approx(hoyer_sparsity(z), abs=1e-9)
+    assert float(hoyer_sparsity(scaled)) == pytest.approx(float(hoyer_sparsity(z)), abs=1e-9)
     assert hoyer_sparsity(scaled, normalise=False) > hoyer_sparsity(z) + 0.3
     with pytest.raises(ValueError, match="D >= 2"):
         hoyer_sparsity(torch.randn(10, 1))
@@ -213,10 +216,18 @@ def test_tc_of_means_vs_samples():
     logvar = torch.full_like(mu, math.log(0.25))
     z = mu + 0.5 * torch.randn(B, D, generator=g, dtype=torch.float64)
     out = tc_of_means_vs_samples(z, mu, logvar, dataset_size=10_000)
-    assert set(out) == {"tc_of_means", "tc_of_samples", "difference"}
-    assert out["tc_of_means"] == pytest.approx(float(tcestim.gaussian_tc_of_means(mu)))
-    assert out["tc_of_samples"] == pytest.approx(
+    assert out._fields == ("tc_of_means", "tc_of_samples", "difference")
+    assert all(isinstance(v, torch.Tensor) and v.shape == () for v in out)
+    assert float(out.tc_of_means) == pytest.approx(float(tcestim.gaussian_tc_of_means(mu)))
+    assert float(out.tc_of_samples) == pytest.approx(
         float(tcestim.total_correlation(z, mu, logvar, dataset_size=10_000)))
-    assert out["difference"] == pytest.approx(out["tc_of_samples"] - out["tc_of_means"])
-    assert out["tc_of_means"] == pytest.approx(float(tcestim.gaussian_total_correlation(cov)), abs=0.1)
-    assert out["tc_of_samples"] > 0
+    assert float(out.difference) == pytest.approx(float(out.tc_of_samples - out.tc_of_means))
+    assert float(out.tc_of_means) == pytest.approx(float(tcestim.gaussian_total_correlation(cov)), abs=0.1)
+    assert float(out.tc_of_samples) > 0
+    # the 0.1 calling convention (positional dataset_size, dict access) still works, with a warning
+    with pytest.warns(DeprecationWarning, match="pass dataset_size= as a keyword"):
+        legacy = tc_of_means_vs_samples(z, mu, logvar, 10_000)
+    with pytest.warns(DeprecationWarning, match="use .tc_of_samples"):
+        assert float(legacy["tc_of_samples"]) == float(out.tc_of_samples)
+    with pytest.raises(TypeError, match="keyword only"):
+        tc_of_means_vs_samples(z, mu, logvar, 10_000, dataset_size=10_000)

@@ -12,12 +12,13 @@ dependence; consistent as N grows.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from tcestim._validation import check_matrix
 
 
-def knn_total_correlation(z, *, k: int = 3) -> float:
-    """KSG estimate of TC from samples z (N, D), in nats (a float; not differentiable).
+def knn_total_correlation(z, *, k: int = 3) -> torch.Tensor:
+    """KSG estimate of TC from samples z (N, D), in nats (a 0-d float64 tensor; not differentiable).
 
     Needs SciPy (``pip install scipy``). Ties (duplicate values) bias the counts: add tiny
     noise to discrete codes first.
@@ -41,4 +42,4 @@ def knn_total_correlation(z, *, k: int = 3) -> float:
         above = np.searchsorted(column, samples[:, d] + eps, side="left")
         counts = np.maximum(above - below - 1, 0)  # strictly inside, self excluded
         total += digamma(counts + 1).mean()
-    return float(digamma(k) + (D - 1) * digamma(N) - total)
+    return torch.tensor(float(digamma(k) + (D - 1) * digamma(N) - total), dtype=torch.float64)

@@ -142,8 +142,8 @@ def evaluate(model, data, args, prior, generator) -> dict:
         "mig_discrete": float(discrete),
         "mi_matrix": chen_details.mi.tolist(),
         "factor_names": [data.factor_names[k] for k in varying],
-        "hoyer": metrics.hoyer_sparsity(mu) if mu.shape[1] > 1 else float("nan"),
-        "tc_of_means": float(metrics.tc_of_means_vs_samples(z, mu, logvar, None)["tc_of_means"])
+        "hoyer": float(metrics.hoyer_sparsity(mu)) if mu.shape[1] > 1 else float("nan"),
+        "tc_of_means": float(metrics.tc_of_means_vs_samples(z, mu, logvar).tc_of_means)
         if n > mu.shape[1] else float("nan"),
         "eval_points": n,
     }
