@@ -37,7 +37,7 @@ def main():
     args = parser.parse_args()
     B, K, N = 256, 4096, 10_000
     g = torch.Generator().manual_seed(0)
-    lines = [f"# Jackknife cost (CPU)", "",
+    lines = ["# Jackknife cost (CPU)", "",
              f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
              f"{torch.__version__}, CPU ISA {tcestim.cpu_isa()}, {time.strftime('%Y-%m-%d')}. B = {B}, K = {K}, "
              f"N = {N}, float32; median of 3 calls after a warm-up, milliseconds.", "",
@@ -51,11 +51,11 @@ def main():
         bank.update(torch.randn(K, D, generator=g), torch.full((K, D), 2 * math.log(0.3)))
         components_mu, components_logvar = torch.cat([mu, bank.mu]), torch.cat([logvar, bank.logvar])
 
-        def estimate(order):
+        def estimate(order, z_, mu_, logvar_, bank=bank):
             if order == 0:
                 return tcestim.total_correlation(z_, mu_, logvar_, dataset_size=N, bank=bank)
-            log_qz, log_qzd = jackknife_log_densities(z_, torch.cat([mu_, bank.mu]), torch.cat([logvar_, bank.logvar]),
-                                                      N, order=order)
+            log_qz, log_qzd = jackknife_log_densities(z_, torch.cat([mu_, bank.mu]),
+                                                      torch.cat([logvar_, bank.logvar]), N, order=order)
             return (log_qz - log_qzd.sum(1)).mean()
 
         for backward in (False, True):
@@ -63,8 +63,8 @@ def main():
             for order in (0, 1, 2):
                 z_, mu_, logvar_ = (t.clone().requires_grad_(backward) for t in (z, mu, logvar))
 
-                def call():
-                    value = estimate(order)
+                def call(order=order, backward=backward, inputs=(z_, mu_, logvar_)):
+                    value = estimate(order, *inputs)
                     if backward:
                         value.backward()
 

@@ -26,7 +26,9 @@ import tcestim
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import peers  # noqa: E402
-from report import Result, ratio as _ratio, status as _status  # noqa: E402
+from report import Result  # noqa: E402
+from report import ratio as _ratio  # noqa: E402
+from report import status as _status  # noqa: E402
 
 SIZES_M = (256, 1024, 2048)
 QUICK_SIZES_M = (256, 1024)

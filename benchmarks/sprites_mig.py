@@ -50,11 +50,11 @@ def main():
             t = time.perf_counter()
             final = run_one(beta, seed, args, run_dir)
             results[(beta, seed)] = final
-            print(f"beta={beta:g} seed={seed}: MIG chen {final['mig_chen']:.3f} discrete {final['mig_discrete']:.3f} "
-                  f"MI {final['mi']:.2f} TC {final['tc']:.2f} dimKL {final['dimkl']:.2f} ({time.perf_counter() - t:.0f} s)",
-                  flush=True)
+            print(f"beta={beta:g} seed={seed}: MIG chen {final['mig_chen']:.3f} "
+                  f"discrete {final['mig_discrete']:.3f} MI {final['mi']:.2f} TC {final['tc']:.2f} "
+                  f"dimKL {final['dimkl']:.2f} ({time.perf_counter() - t:.0f} s)", flush=True)
     seconds = time.perf_counter() - start
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     lines = [
         "# β-TCVAE on reduced dSprites: MIG at β = 1 vs β = 6",
@@ -76,7 +76,8 @@ def main():
     for beta in args.betas:
         rs = [results[(beta, s)] for s in args.seeds]
         lines.append(f"| {beta:g} | {statistics.mean(r['mig_chen'] for r in rs):.3f} | "
-                     f"{statistics.mean(r['mig_discrete'] for r in rs):.3f} | {statistics.mean(r['tc'] for r in rs):.2f} |")
+                     f"{statistics.mean(r['mig_discrete'] for r in rs):.3f} | "
+                     f"{statistics.mean(r['tc'] for r in rs):.2f} |")
     text = "\n".join(lines) + "\n"
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, f"sprites-mig-{time.strftime('%Y-%m-%d')}.md")

@@ -27,8 +27,10 @@ Example:
 """
 import importlib as _importlib
 
-from tcestim import _compat
-from tcestim import _ops  # noqa: F401  (registers autograd and fake kernels)
+from tcestim import (
+    _compat,
+    _ops,  # noqa: F401  (registers autograd and fake kernels)
+)
 from tcestim._extension import cpu_isa, extension_available, set_cpu_isa, supported_cpu_isas
 from tcestim.bank import MemoryBank
 from tcestim.bracket import tc_bracket

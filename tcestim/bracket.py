@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from tcestim.estimators import minibatch_log_densities
 from tcestim._ops import mixture_logdensity
+from tcestim.estimators import minibatch_log_densities
 from tcestim.weights import StructuredLogWeights
 
 

@@ -27,12 +27,17 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from tcestim import _fallback
+from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.bank import bank_components
-from tcestim.estimators import (KLDecomposition, Prior, assemble_decomposition,
-                                check_bank_dataset_size, check_stratified_extensions,
-                                stratified_log_densities)
-from tcestim._ops import mixture_logdensity
+from tcestim.estimators import (
+    KLDecomposition,
+    Prior,
+    assemble_decomposition,
+    check_bank_dataset_size,
+    check_stratified_extensions,
+    stratified_log_densities,
+)
 from tcestim.weights import StructuredLogWeights, check_estimator, estimator_log_weights, resolve_dataset_size
 
 

@@ -12,13 +12,12 @@ from typing import Callable, NamedTuple, Optional, Union
 
 import torch
 
+from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.bank import bank_components
 from tcestim.gaussian import log_normal_diag
-from tcestim._ops import mixture_logdensity
 from tcestim.priors import prior_log_prob
-from tcestim.weights import (check_estimator, estimator_log_weights, resolve_dataset_size,
-                             stratified_log_weights)
+from tcestim.weights import check_estimator, estimator_log_weights, resolve_dataset_size, stratified_log_weights
 
 Prior = Union[None, torch.distributions.Distribution, Callable[[torch.Tensor], torch.Tensor]]
 

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
+from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_int, check_matrix, check_posterior, check_same_dtype_device, compute_dtype
 from tcestim.estimators import KLDecomposition, Prior, assemble_decomposition
-from tcestim._ops import mixture_logdensity
 from tcestim.weights import StructuredLogWeights
 
 DEFAULT_CHUNK = 8192

@@ -60,13 +60,18 @@ from typing import Dict, NamedTuple, Optional
 
 import torch
 
-from tcestim._validation import (check_matrix, check_posterior, check_same_dtype_device, check_tensor,
-                                 compute_dtype)
+from tcestim._validation import check_matrix, check_posterior, check_same_dtype_device, check_tensor, compute_dtype
 from tcestim.estimators import decompose
 from tcestim.gaussian import log_normal_diag
 from tcestim.mixture import log_aggregate_posterior
-from tcestim.priors import (AnisotropicGaussian, NonFactorisedPriorError, StandardNormal, is_factorised,
-                            prior_log_prob, sample_prior)
+from tcestim.priors import (
+    AnisotropicGaussian,
+    NonFactorisedPriorError,
+    StandardNormal,
+    is_factorised,
+    prior_log_prob,
+    sample_prior,
+)
 
 __all__ = [
     "DIVERGENCES",
@@ -416,7 +421,8 @@ def rtc_vae(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: tor
 
 def decomposition_objective(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor, *,
                             dataset_size: Optional[int], kl_weight: float = _DEFAULT,
-                            divergence_weight: float = _DEFAULT_ZERO, divergence: str = "kl", prior=None, prior_samples: Optional[torch.Tensor] = None,
+                            divergence_weight: float = _DEFAULT_ZERO, divergence: str = "kl", prior=None,
+                            prior_samples: Optional[torch.Tensor] = None,
                             estimator: str = "stratified", bank=None, kl: str = "auto",
                             mmd_c: Optional[float] = None,
                             generator: Optional[torch.Generator] = None, **deprecated) -> Objective:

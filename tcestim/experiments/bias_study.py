@@ -30,16 +30,15 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from tcestim.bank import MemoryBank
+from tcestim.bank import MemoryBank, bank_components
+from tcestim.baselines.knn import knn_total_correlation
 from tcestim.bracket import tc_bracket
-from tcestim.bank import bank_components
 from tcestim.estimators import minibatch_log_densities
 from tcestim.exact import decompose_exact
-from tcestim.gaussian import gaussian_tc_of_means
-from tcestim.jackknife import jackknife_log_densities_by_order
-from tcestim.baselines.knn import knn_total_correlation
 from tcestim.experiments.plotting import figure, save
 from tcestim.experiments.synthetic import gaussian_limit_tc, make_posterior
+from tcestim.gaussian import gaussian_tc_of_means
+from tcestim.jackknife import jackknife_log_densities_by_order
 
 MIXTURE_ESTIMATORS = ("mws", "mss", "stratified", "mss-legacy", "bank", "bank+jackknife", "bank+jackknife1")
 OTHER_ESTIMATORS = ("bracket-lower", "bracket-upper", "tc-of-means", "knn")
@@ -180,9 +179,12 @@ def summarise(rows: list[dict], truths: list[dict]) -> list[dict]:
     for r in rows:
         groups[(r["rho"], r["noise_std"], r["D"], r["M"], r["estimator"])].append(r)
     out = []
-    for (rho, s, D, M, name), group in sorted(groups.items(), key=lambda kv: (kv[0][:4], ALL_ESTIMATORS.index(kv[0][4]))):
+    order = sorted(groups.items(), key=lambda kv: (kv[0][:4], ALL_ESTIMATORS.index(kv[0][4])))
+    for (rho, s, D, M, name), group in order:
         truth = truth_of[(rho, s, D)]
-        column = lambda key: np.array([g[key] for g in group])  # noqa: E731
+
+        def column(key, group=group):
+            return np.array([g[key] for g in group])
         tc = column("tc")
         paired = tc - column("batch_exact")
         mean, bias = float(tc.mean()), float(paired.mean())
@@ -227,7 +229,8 @@ def markdown_table(summary: list[dict], config: StudyConfig) -> str:
         f"Bracket coverage: bias(lower) <= 0 <= bias(upper) in {hits} of {total} configurations "
         f"({100.0 * hits / max(total, 1):.0f}%).",
         "",
-        "| rho | s | D | M | exact | gaussian | estimator | mean ± std | bias ± se | rel. bias | joint bias | marginal bias |",
+        "| rho | s | D | M | exact | gaussian | estimator | mean ± std | bias ± se | rel. bias | joint bias "
+        "| marginal bias |",
         "|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for s in summary:
@@ -235,7 +238,8 @@ def markdown_table(summary: list[dict], config: StudyConfig) -> str:
         part = lambda v: "" if math.isnan(v) else f"{v:+.3f}"  # noqa: E731
         lines.append(
             f"| {s['rho']} | {s['noise_std']} | {s['D']} | {s['M']} | {s['exact']:.3f} ± {s['exact_se']:.3f} "
-            f"| {s['gaussian']:.3f} | {s['estimator']} | {s['mean']:.3f} ± {s['std']:.3f} | {s['bias_exact']:+.3f} ± {s['bias_se']:.3f} "
+            f"| {s['gaussian']:.3f} | {s['estimator']} | {s['mean']:.3f} ± {s['std']:.3f} "
+            f"| {s['bias_exact']:+.3f} ± {s['bias_se']:.3f} "
             f"| {rel} | {part(s['bias_joint'])} | {part(s['bias_marginal'])} |")
     return "\n".join(lines) + "\n"
 

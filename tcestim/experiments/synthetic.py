@@ -51,7 +51,8 @@ def make_posterior(num_points: int, dim: int, *, rho: float = 0.5, noise_std: fl
 
 def gaussian_limit_tc(posterior: SyntheticPosterior) -> float:
     """TC of N(0, Sigma + s^2 I): the N -> infinity ground truth, in nats."""
-    cov = equicorrelated_cov(posterior.dim, posterior.rho) + posterior.noise_std ** 2 * torch.eye(posterior.dim, dtype=torch.float64)
+    noise = posterior.noise_std ** 2 * torch.eye(posterior.dim, dtype=torch.float64)
+    cov = equicorrelated_cov(posterior.dim, posterior.rho) + noise
     return float(gaussian_total_correlation(cov))
 
 

@@ -23,10 +23,10 @@ from types import SimpleNamespace
 import torch
 
 from tcestim import losses, metrics, priors
+from tcestim.exact import decompose_exact
 from tcestim.experiments import data as datasets
 from tcestim.experiments import models
 from tcestim.experiments.plotting import figure, save
-from tcestim.exact import decompose_exact
 
 OBJECTIVES = ("beta-vae", "beta-tcvae", "rtc-vae", "decomposition")
 PRIORS = ("normal", "anisotropic", "student-t", "spike-slab")
@@ -70,7 +70,8 @@ def build_model(args):
         return models.MLPVAE(2, args.latent_dim, hidden=(128, 128))
     if args.model == "mlp":
         size = args.image_size * args.image_size
-        return models.MLPVAE(size, args.latent_dim, hidden=(512, 256), output_shape=(1, args.image_size, args.image_size))
+        return models.MLPVAE(size, args.latent_dim, hidden=(512, 256),
+                             output_shape=(1, args.image_size, args.image_size))
     return models.ConvVAE(latent_dim=args.latent_dim, image_size=args.image_size)
 
 
@@ -310,7 +311,8 @@ def main_train(args) -> None:
     final = train(args)
     summary = {k: v for k, v in final.items() if k not in ("mi_matrix", "factor_names")}
     print(json.dumps(summary, indent=1))
-    print(f"wrote {args.out}/checkpoint.pt, metrics.jsonl" + ("" if args.no_plots else ", curves.png, mi_matrix.png, traversals.png"))
+    plots = "" if args.no_plots else ", curves.png, mi_matrix.png, traversals.png"
+    print(f"wrote {args.out}/checkpoint.pt, metrics.jsonl{plots}")
 
 
 def main_evaluate(args) -> None:
