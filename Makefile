@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
 
-.PHONY: install demo test test-python test-cpp test-slow bench bias clean
+.PHONY: install demo test lint test-python test-cpp test-slow bench bias clean
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +20,16 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tcestim demo
 
-test: test-python test-cpp
+test: lint test-python test-cpp
 
+# ruff's rule set is in pyproject.toml ([tool.ruff]).
+lint: install
+	$(PY) -m ruff check .
+
+# The test suite, then every docstring example of the package (doctest).
 test-python: install
 	TCESTIM_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider
+	TCESTIM_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider --doctest-modules tcestim
 
 # The long job: slow tests and 1000 hypothesis examples per property (not part of `make test`).
 test-slow: install

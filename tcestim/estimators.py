@@ -34,14 +34,20 @@ class KLDecomposition(NamedTuple):
     log_pz: torch.Tensor   # log p(z), the prior
 
     def means(self) -> dict:
-        """Batch means of mi, tc and dimkl as Python floats."""
-        return {name: float(getattr(self, name).detach().mean()) for name in ("mi", "tc", "dimkl")}
+        """Batch means of mi, tc and dimkl as Python floats, for logging (one device transfer)."""
+        values = torch.stack([getattr(self, name).detach().mean() for name in _TERMS]).tolist()
+        return dict(zip(_TERMS, values))
 
     def standard_errors(self) -> dict:
-        """Monte Carlo standard errors (std / sqrt(B)) of the means of mi, tc and dimkl."""
+        """Monte Carlo standard errors (std / sqrt(B)) of the means of mi, tc and dimkl, as floats."""
         n = self.tc.shape[0]
-        return {name: float(getattr(self, name).detach().std() / math.sqrt(n)) if n > 1 else math.nan
-                for name in ("mi", "tc", "dimkl")}
+        if n < 2:
+            return dict.fromkeys(_TERMS, math.nan)
+        values = (torch.stack([getattr(self, name).detach().std() for name in _TERMS]) / math.sqrt(n)).tolist()
+        return dict(zip(_TERMS, values))
+
+
+_TERMS = ("mi", "tc", "dimkl")
 
 
 def check_stratified_extensions(estimator: str, bank, jackknife: bool) -> None:

@@ -1,4 +1,4 @@
-"""Mixture weights of the minibatch estimators (DESIGN.md section 3), as natural-log weights.
+"""Mixture weights of the minibatch estimators (docs/design.md, section 3), as natural-log weights.
 
 B is the batch size, N the dataset size. Row i weights component j of the batch.
 

@@ -1,4 +1,4 @@
-"""Synthetic aggregate posteriors with known ground truth (DESIGN.md section 4).
+"""Synthetic aggregate posteriors with known ground truth (docs/design.md, section 4).
 
 mu_n ~ N(0, Sigma) with Sigma equicorrelated (unit variances, correlation rho), and a Gaussian
 encoder z | n ~ N(mu_n, s^2 I). As N -> infinity, q(z) = N(0, Sigma + s^2 I), whose TC is closed
