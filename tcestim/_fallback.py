@@ -8,20 +8,8 @@ from __future__ import annotations
 import torch
 
 from tcestim.gaussian import log_normal_diag
-from tcestim.weights import StructuredLogWeights
 
 _CHUNK_ELEMENTS = 1 << 24
-
-
-def structured_rows(weights: StructuredLogWeights, rows: torch.Tensor, num_queries: int,
-                    num_components: int, like: torch.Tensor) -> torch.Tensor:
-    """(len(rows), K) matrix of the structured log-weights for the given query rows."""
-    cols = torch.arange(num_components, device=like.device)
-    out = torch.full((rows.numel(), num_components), weights.other, dtype=like.dtype, device=like.device)
-    nxt = (rows + 1) % num_queries
-    out = torch.where(cols[None, :] == nxt[:, None], torch.as_tensor(weights.next, dtype=like.dtype), out)
-    out = torch.where(cols[None, :] == rows[:, None], torch.as_tensor(weights.self, dtype=like.dtype), out)
-    return out
 
 
 def mixture_logdensity(z, mu, logvar, log_weights):
@@ -36,7 +24,7 @@ def mixture_logdensity(z, mu, logvar, log_weights):
         if isinstance(log_weights, torch.Tensor):
             lw = log_weights[start:stop]
         else:
-            lw = structured_rows(log_weights, rows, M, K, z)
+            lw = log_weights.rows(rows, M, K, like=z)
         cube = log_normal_diag(z[start:stop, None, :], mu[None], logvar[None])
         joint.append(torch.logsumexp(lw + cube.sum(-1), dim=1))
         marginals.append(torch.logsumexp(lw[:, :, None] + cube, dim=1))

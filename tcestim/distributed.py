@@ -26,7 +26,6 @@ import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
-from tcestim import _fallback
 from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_posterior, compute_dtype
 from tcestim.bank import bank_components
@@ -89,7 +88,7 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
         weights = estimator_log_weights(estimator, global_batch, N, dtype=dtype, device=z.device)
         rows = torch.arange(offset, offset + z.shape[0], device=z.device)
         if isinstance(weights, StructuredLogWeights):
-            weights = _fallback.structured_rows(weights, rows, global_batch, global_batch, z)
+            weights = weights.rows(rows, global_batch, global_batch, like=z)
         else:
             weights = weights[rows]
         log_qz, log_qzd = mixture_logdensity(z, mu_all, logvar_all, weights)

@@ -41,6 +41,15 @@ class StructuredLogWeights(NamedTuple):
     def constant(cls, log_weight: float) -> "StructuredLogWeights":
         return cls(log_weight, log_weight, log_weight)
 
+    def rows(self, rows: torch.Tensor, num_queries: int, num_components: int, *,
+             like: torch.Tensor) -> torch.Tensor:
+        """(len(rows), K) dense log-weights of the given query rows, in ``like``'s dtype and device."""
+        cols = torch.arange(num_components, device=like.device)
+        out = torch.full((rows.numel(), num_components), self.other, dtype=like.dtype, device=like.device)
+        nxt = (rows + 1) % num_queries
+        out = torch.where(cols[None, :] == nxt[:, None], torch.as_tensor(self.next, dtype=like.dtype), out)
+        return torch.where(cols[None, :] == rows[:, None], torch.as_tensor(self.self, dtype=like.dtype), out)
+
 
 def check_estimator(estimator: str) -> None:
     if estimator not in ESTIMATORS:
