@@ -1,37 +1,50 @@
 """The compiled operators: autograd and fake-tensor (torch.compile) registrations, and the one
-internal entry point every estimator calls (fused kernel where registered, else the fallback)."""
+internal entry point every estimator calls (fused kernel where registered, else the fallback).
+
+The fused kernels give first-order gradients. Everything beyond is computed by the pure-PyTorch
+path (the fallback), which autograd and torch.func differentiate like any PyTorch code:
+
+- a differentiated gradient (``create_graph=True``: gradient penalties, Hessian-vector products):
+  the backward recomputes the same gradients through the fallback, differentiably;
+- forward-mode AD (``torch.func.jvp``, ``jacfwd``, ``torch.autograd.forward_ad``) and every
+  torch.func transform (``grad``, ``jacrev``, ``hessian``, ``vmap``): the call runs on the fallback.
+"""
 from __future__ import annotations
 
-import functools
-
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 from tcestim import _fallback
 from tcestim._extension import CUDA_MAX_DIM, extension_available, has_fused_kernel
+from tcestim.weights import StructuredLogWeights
 
 
 def _empty_outputs(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z.new_empty(z.shape[:1]), z.new_empty(z.shape)
 
 
+def _contiguous_like(t: torch.Tensor) -> torch.Tensor:
+    """The kernels return contiguous gradients whatever the input's strides; the fake kernels must say so."""
+    return t.new_empty(t.shape)
+
+
 def _zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(like) if grad is None else grad
 
 
-def _first_order_only(backward):
-    """The backward operators have no derivative of their own: refuse to be differentiated.
-
-    A second differentiation (create_graph=True: gradient penalties, Hessian-vector products)
-    would otherwise silently get zeros.
-    """
-    @functools.wraps(backward)
-    def wrapper(ctx, *grads):
-        if torch.is_grad_enabled() and any(t.requires_grad for t in ctx.saved_tensors):
-            raise RuntimeError(
-                "tcestim: the fused kernels give first-order gradients only; differentiating their "
-                "gradients (create_graph=True) is not supported")
-        return backward(ctx, *grads)
-    return wrapper
+def _differentiable_vjp(inputs, needs_grad, log_weights, grad_log_qz, grad_log_qzd):
+    """The vector-Jacobian product of the mixture log-densities, recomputed through the fallback so
+    that it can be differentiated again (called from a backward run with create_graph=True)."""
+    log_qz, log_qzd = _fallback.mixture_logdensity(*inputs[:3], log_weights if log_weights is not None
+                                                   else inputs[3])
+    wanted = [t for t, needed in zip(inputs, needs_grad) if needed]
+    grads = iter(torch.autograd.grad((log_qz, log_qzd), wanted, (grad_log_qz, grad_log_qzd), create_graph=True,
+                                     allow_unused=True))
+    out = []
+    for t, needed in zip(inputs, needs_grad):
+        g = next(grads) if needed else None
+        out.append(torch.zeros_like(t) if needed and g is None else g)
+    return out
 
 
 def _register() -> None:
@@ -45,35 +58,40 @@ def _register() -> None:
 
     @torch.library.register_fake("tcestim::mixture_logdensity_backward")
     def _(grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, log_self, log_next, log_other):
-        return torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar)
+        return _contiguous_like(z), _contiguous_like(mu), _contiguous_like(logvar)
 
     @torch.library.register_fake("tcestim::mixture_logdensity_dense_backward")
     def _(grad_log_qz, grad_log_qzd, z, mu, logvar, log_weights, log_qz, log_qzd):
-        return (torch.empty_like(z), torch.empty_like(mu), torch.empty_like(logvar),
-                torch.empty_like(log_weights))
+        return (_contiguous_like(z), _contiguous_like(mu), _contiguous_like(logvar),
+                _contiguous_like(log_weights))
 
     def setup_structured(ctx, inputs, output):
         z, mu, logvar, log_self, log_next, log_other = inputs
         ctx.save_for_backward(z, mu, logvar, *output)
         ctx.log_weights = (log_self, log_next, log_other)
 
-    @_first_order_only
     def backward_structured(ctx, grad_log_qz, grad_log_qzd):
         z, mu, logvar, log_qz, log_qzd = ctx.saved_tensors
+        grad_log_qz, grad_log_qzd = _zeros_if_none(grad_log_qz, log_qz), _zeros_if_none(grad_log_qzd, log_qzd)
+        if torch.is_grad_enabled():
+            grads = _differentiable_vjp((z, mu, logvar), ctx.needs_input_grad[:3],
+                                        StructuredLogWeights(*ctx.log_weights), grad_log_qz, grad_log_qzd)
+            return (*grads, None, None, None)
         grad_z, grad_mu, grad_logvar = torch.ops.tcestim.mixture_logdensity_backward(
-            _zeros_if_none(grad_log_qz, log_qz), _zeros_if_none(grad_log_qzd, log_qzd),
-            z, mu, logvar, log_qz, log_qzd, *ctx.log_weights)
+            grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, *ctx.log_weights)
         return grad_z, grad_mu, grad_logvar, None, None, None
 
     def setup_dense(ctx, inputs, output):
         ctx.save_for_backward(*inputs, *output)
 
-    @_first_order_only
     def backward_dense(ctx, grad_log_qz, grad_log_qzd):
         z, mu, logvar, log_weights, log_qz, log_qzd = ctx.saved_tensors
+        grad_log_qz, grad_log_qzd = _zeros_if_none(grad_log_qz, log_qz), _zeros_if_none(grad_log_qzd, log_qzd)
+        if torch.is_grad_enabled():
+            return tuple(_differentiable_vjp((z, mu, logvar, log_weights), ctx.needs_input_grad[:4], None,
+                                             grad_log_qz, grad_log_qzd))
         return torch.ops.tcestim.mixture_logdensity_dense_backward(
-            _zeros_if_none(grad_log_qz, log_qz), _zeros_if_none(grad_log_qzd, log_qzd),
-            z, mu, logvar, log_weights, log_qz, log_qzd)
+            grad_log_qz, grad_log_qzd, z, mu, logvar, log_weights, log_qz, log_qzd)
 
     torch.library.register_autograd(
         "tcestim::mixture_logdensity", backward_structured, setup_context=setup_structured)
@@ -85,10 +103,20 @@ if extension_available():
     _register()
 
 
+def _under_transform(tensors) -> bool:
+    """True inside a torch.func transform, or when an input carries a forward-mode tangent."""
+    if torch.compiler.is_compiling():
+        return False
+    if torch._C._functorch.maybe_current_level() is not None:
+        return True
+    return any(isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
 def mixture_logdensity(z, mu, logvar, log_weights):
     """(log_qz (M,), log_qzd (M, D)) with no input checks: callers have validated the inputs and cast
     them to one of float32/float64. ``log_weights``: StructuredLogWeights or an (M, K) tensor."""
-    if has_fused_kernel(z.device) and not (z.device.type == "cuda" and z.shape[1] > CUDA_MAX_DIM):
+    if (has_fused_kernel(z.device) and not (z.device.type == "cuda" and z.shape[1] > CUDA_MAX_DIM)
+            and not _under_transform((z, mu, logvar, log_weights))):
         if isinstance(log_weights, torch.Tensor):
             return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
         return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)

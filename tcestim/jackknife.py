@@ -75,14 +75,31 @@ class _PowerSums(torch.autograd.Function):
     """(sum_j v_j^1, ..., sum_j v_j^count) over the last dimension, stacked last; the backward is
     one Horner pass (d/dv sum_q g_q v^q = sum_q q g_q v^(q-1)) instead of a graph of count powers."""
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, v: torch.Tensor, count: int) -> torch.Tensor:
+    def forward(v: torch.Tensor, count: int) -> torch.Tensor:
         sums, power = [], v
         for q in range(count):
             sums.append(power.sum(-1))
             if q + 1 < count:
                 power = power * v
-        ctx.save_for_backward(v)
+        return torch.stack(sums, -1)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+        ctx.save_for_forward(inputs[0])
+        ctx.count_for_jvp = inputs[1]
+
+    @staticmethod
+    def jvp(ctx, v_dot: torch.Tensor, _):
+        (v,) = ctx.saved_tensors
+        count = ctx.count_for_jvp
+        sums, power = [], torch.ones_like(v)
+        for q in range(1, count + 1):
+            sums.append((q * power * v_dot).sum(-1))
+            power = power * v
         return torch.stack(sums, -1)
 
     @staticmethod
@@ -94,6 +111,54 @@ class _PowerSums(torch.autograd.Function):
         for q in range(count - 1, 0, -1):
             polynomial = polynomial * v + coefficient(q)
         return polynomial, None
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on an input whose gradient refuses to be differentiated again: the jackknife's second
+    derivatives are not reliable (they can be NaN or wrong), so ``create_graph=True`` followed by a
+    second differentiation raises instead of returning them."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _RefuseDifferentiation.apply(grad) if torch.is_grad_enabled() else grad
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor):
+        return tangent
+
+
+class _RefuseDifferentiation(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad: torch.Tensor) -> torch.Tensor:
+        return grad.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        raise RuntimeError(_SECOND_ORDER)
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor):
+        raise RuntimeError(_SECOND_ORDER)
+
+
+_SECOND_ORDER = ("tcestim: jackknife=True gives first-order gradients only; its gradients cannot be differentiated "
+                 "again (second derivatives, Hessians, gradient penalties through it)")
 
 
 def _power_sums(v: torch.Tensor, count: int) -> list[torch.Tensor]:
@@ -239,6 +304,7 @@ def jackknife_log_densities_by_order(z, components_mu, components_logvar, datase
     if num_others < 2:
         raise ValueError(f"jackknife needs at least 3 mixture components (batch + bank), got {K}")
     N = dataset_size
+    z, components_mu, components_logvar = (_FirstOrderOnly.apply(t) for t in (z, components_mu, components_logvar))
     weights = stratified_log_weights(N, num_others)
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
     joint = {order: [] for order in orders}
