@@ -24,6 +24,26 @@ def _checked_structured(values) -> StructuredLogWeights:
     return weights
 
 
+def _check_representable(weights: StructuredLogWeights, dtype: torch.dtype) -> None:
+    """A finite log-weight too large for the compute dtype would become +inf there (every output NaN)."""
+    largest = torch.finfo(dtype).max
+    if any(math.isfinite(w) and abs(w) > largest for w in weights):
+        raise ValueError(f"log_weights must be representable in {dtype} (|w| <= {largest:.3g}) or -inf, "
+                         f"got {tuple(weights)}")
+
+
+def _check_dense_values(weights: torch.Tensor) -> None:
+    """NaN or +inf in a dense (M, K) matrix (after the cast to the compute dtype). This reads the
+    values back (one device sync), so it is skipped while torch.compile traces."""
+    if torch.compiler.is_compiling():
+        return
+    bad = torch.isnan(weights) | torch.isposinf(weights)
+    if bool(bad.any()):
+        i, j = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(f"log_weights must be finite or -inf (a zero weight) in {weights.dtype}, got "
+                         f"{float(weights[i, j])} at ({i}, {j})")
+
+
 def _as_log_weights(log_weights, M: int, K: int):
     if log_weights is None:
         return StructuredLogWeights.constant(-math.log(K))
@@ -53,6 +73,8 @@ def log_aggregate_posterior(z, mu, logvar, *, log_weights=None):
             a float (the same log-weight everywhere),
             :class:`tcestim.StructuredLogWeights` (self / next / other, no matrix), or
             an (M, K) tensor (dense; slower, and differentiable).
+            Every weight must be finite or -inf in the compute dtype; NaN, +inf and values that
+            overflow it raise ValueError (a dense matrix is checked on the device: one sync).
 
     Returns:
         ``(log_qz, log_qzd)``: (M,) joint log q(z_i) and (M, D) marginal log q(z_id), in nats.
@@ -72,4 +94,7 @@ def log_aggregate_posterior(z, mu, logvar, *, log_weights=None):
         if weights.device != z.device:
             raise ValueError(f"log_weights must be on the device of z ({z.device}), got {weights.device}")
         weights = weights.to(dtype)
+        _check_dense_values(weights)
+    else:
+        _check_representable(weights, dtype)
     return mixture_logdensity(z.to(dtype), mu.to(dtype), logvar.to(dtype), weights)
