@@ -47,15 +47,31 @@ def gaussian_total_correlation(cov: torch.Tensor) -> torch.Tensor:
 def gaussian_tc_of_means(mu: torch.Tensor) -> torch.Tensor:
     """TC of N(0, Cov(mu)) in nats: the "TC of the mean representation" (Locatello et al. 2019).
 
+    A constant column (a collapsed unit: zero variance over the batch) is independent of the others
+    and contributes nothing; it is left out rather than making the covariance singular.
+
     Args:
         mu: (B, D) encoder means; Cov is the unbiased sample covariance over the batch, so B > D.
 
     Returns:
         Scalar tensor, differentiable with respect to mu.
+
+    Example:
+        >>> import torch
+        >>> mu = torch.randn(1000, 2, dtype=torch.float64) @ torch.tensor([[1.0, 0.9], [0.0, 0.4]], dtype=torch.float64)
+        >>> mu = torch.cat([mu, torch.zeros(1000, 1, dtype=torch.float64)], 1)   # one dead unit
+        >>> bool(gaussian_tc_of_means(mu) > 0.3)
+        True
     """
     mu = check_matrix("mu", mu, "(B, D)")
     B, D = mu.shape
     if B <= D:
         raise ValueError(f"mu needs more rows than columns (B > D) for a non-singular covariance, "
                          f"got shape {tuple(mu.shape)}")
-    return gaussian_total_correlation(torch.cov(mu.to(compute_dtype(mu.dtype)).T).reshape(D, D))
+    cov = torch.cov(mu.to(compute_dtype(mu.dtype)).T).reshape(D, D)
+    alive = torch.diagonal(cov) > 0
+    if not bool(alive.all()):
+        if not bool(alive.any()):
+            return cov.sum() * 0.0
+        cov = cov[alive][:, alive]
+    return gaussian_total_correlation(cov)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
@@ -35,6 +36,7 @@ from tcestim.baselines.knn import knn_total_correlation
 from tcestim.bracket import tc_bracket
 from tcestim.estimators import minibatch_log_densities
 from tcestim.exact import decompose_exact
+from tcestim.experiments import runs
 from tcestim.experiments.plotting import figure, save
 from tcestim.experiments.synthetic import gaussian_limit_tc, make_posterior
 from tcestim.gaussian import gaussian_tc_of_means
@@ -344,25 +346,26 @@ def plot_bank(summary: list[dict], config: StudyConfig, out_dir: str) -> list[st
 
 
 def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seconds: float) -> list[str]:
+    """Every file is written atomically (a kill leaves no half-written table)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
     for name, records in (("rows.csv", rows), ("summary.csv", summary), ("truths.csv", truths)):
         path = os.path.join(out_dir, name)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
+        table = io.StringIO()
+        writer = csv.DictWriter(table, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+        runs.atomic_write_text(path, table.getvalue())
         paths.append(path)
     path = os.path.join(out_dir, "summary.md")
-    with open(path, "w") as f:
-        f.write(markdown_table(summary, config))
-        f.write(f"\nRun: {time.strftime('%Y-%m-%d')}, {seconds:.0f} s, torch {torch.__version__}, "
-                f"config {json.dumps(dataclasses.asdict(config))}\n")
+    runs.atomic_write_text(path, markdown_table(summary, config)
+                           + f"\nRun: {time.strftime('%Y-%m-%d')}, {seconds:.0f} s, torch {torch.__version__}, "
+                           f"config {json.dumps(dataclasses.asdict(config))}\n")
     paths.append(path)
     path = os.path.join(out_dir, "headline.md")
     middle = _middle_batch_size(config)
-    with open(path, "w") as f:
-        f.write("\n".join(headline_table(summary, rho, s, middle) for rho in config.rhos for s in config.noise_stds))
+    runs.atomic_write_text(path, "\n".join(headline_table(summary, rho, s, middle)
+                                            for rho in config.rhos for s in config.noise_stds))
     paths.append(path)
     paths += plot(summary, config, out_dir)
     paths += plot_bank(summary, config, out_dir)
@@ -370,15 +373,17 @@ def write_outputs(rows, truths, summary, config: StudyConfig, out_dir: str, seco
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="small grid, under 2 minutes on 2 cores")
+    parser.add_argument("--quick", action="store_true",
+                        help="small grid, under 2 minutes on 2 cores (options given explicitly still win)")
     parser.add_argument("--out", default="bias_study", help="output folder (CSV, markdown, PNG)")
-    parser.add_argument("--repeats", type=int, help="minibatches per configuration")
-    parser.add_argument("--dims", type=int, nargs="+", help="latent sizes D")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", help="minibatch sizes M")
-    parser.add_argument("--noise-stds", type=float, nargs="+", help="encoder standard deviations s")
-    parser.add_argument("--rhos", type=float, nargs="+", help="correlations of the means")
-    parser.add_argument("--dataset-size", type=int, help="N")
-    parser.add_argument("--bank-size", type=int, help="memory bank K")
+    parser.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    parser.add_argument("--repeats", type=runs.int_at_least(2), help="minibatches per configuration")
+    parser.add_argument("--dims", type=runs.positive_int, nargs="+", help="latent sizes D")
+    parser.add_argument("--batch-sizes", type=runs.int_at_least(3), nargs="+", help="minibatch sizes M")
+    parser.add_argument("--noise-stds", type=runs.positive_float, nargs="+", help="encoder standard deviations s")
+    parser.add_argument("--rhos", type=runs.float_in(0.0, 1.0), nargs="+", help="correlations of the means, in [0, 1)")
+    parser.add_argument("--dataset-size", type=runs.int_at_least(4), help="N")
+    parser.add_argument("--bank-size", type=runs.positive_int, help="memory bank K")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -391,11 +396,18 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, tuple(value) if isinstance(value, list) else value)
+    if any(rho >= 1.0 for rho in config.rhos):
+        raise SystemExit(f"error: --rhos must be in [0, 1), got {list(config.rhos)}")
+    largest = max(config.batch_sizes)
+    if largest + config.bank_size > config.dataset_size:
+        raise SystemExit(f"error: the largest batch ({largest}) plus the bank ({config.bank_size}) must fit in "
+                         f"--dataset-size {config.dataset_size}")
     return config
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     config = config_from_args(args)
+    runs.prepare_output(args.out, overwrite=args.overwrite)
     start = time.perf_counter()
     rows, truths = run_study(config, progress=not args.no_progress)
     summary = summarise(rows, truths)

@@ -4,33 +4,49 @@
     python -m tcestim bias [--quick] [--out DIR]     the estimator-bias study
     python -m tcestim train [...]                    train a reference VAE (see --help)
     python -m tcestim evaluate CHECKPOINT            exact decomposition and MIG of a checkpoint
+
+Every size is checked when the command line is read; a command that writes a folder refuses a
+non-empty one unless told (--overwrite, or --resume for train).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
-from tcestim.experiments import bias_study, demo
+from tcestim.experiments import bias_study, demo, runs
+
+
+def _explicit_options(parser: argparse.ArgumentParser, argv: list) -> list:
+    """The destinations given on the command line ``argv`` (even when equal to their default)."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return sorted(vars(quiet.parse_known_args(argv)[0]))
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tcestim", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tcestim", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     demo.add_arguments(commands.add_parser(
         "demo", help="every estimator's TC next to the exact and closed-form truths"))
     bias_study.add_arguments(commands.add_parser(
         "bias", help="the estimator-bias study against exact and closed-form ground truth"))
     from tcestim.experiments import train
-    train.add_train_arguments(commands.add_parser("train", help="train a reference VAE with a TC objective"))
+    train_parser = commands.add_parser("train", help="train a reference VAE with a TC objective")
+    train.add_train_arguments(train_parser)
     evaluate = commands.add_parser("evaluate", help="exact decomposition and MIG of a checkpoint")
     evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--eval-points", type=int, default=None)
+    evaluate.add_argument("--eval-points", type=runs.int_at_least(2), default=None)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command == "train":
-        train.main_train(args)
-    elif args.command == "evaluate":
-        train.main_evaluate(args)
-    elif args.command == "demo":
+        args.explicit = _explicit_options(train_parser, argv[argv.index("train") + 1:])
+        return train.main_train(args)
+    if args.command == "evaluate":
+        return train.main_evaluate(args)
+    if args.command == "demo":
         demo.run(args)
     elif args.command == "bias":
         bias_study.main(args)

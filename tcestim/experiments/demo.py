@@ -8,25 +8,43 @@ import torch
 
 from tcestim import _extension
 from tcestim.estimators import total_correlation
+from tcestim.experiments import runs
 from tcestim.experiments.synthetic import finite_mixture_tc, gaussian_limit_tc, make_posterior
 from tcestim.weights import ESTIMATORS
 
+QUICK = {"dims": [2, 4], "dataset_size": 1024, "repeats": 5, "exact_samples": 2048}
+FULL = {"dims": [2, 4, 8, 16], "dataset_size": 8192, "repeats": 20, "exact_samples": 8192}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dims", type=int, nargs="+", default=[2, 4, 8, 16], help="latent sizes D")
-    parser.add_argument("--dataset-size", type=int, default=8192, help="N encodings")
-    parser.add_argument("--batch-size", type=int, default=256, help="B per minibatch")
-    parser.add_argument("--repeats", type=int, default=20, help="minibatches per estimator")
-    parser.add_argument("--rho", type=float, default=0.5, help="correlation of the means")
-    parser.add_argument("--noise-std", type=float, default=0.5, help="encoder standard deviation s")
-    parser.add_argument("--exact-samples", type=int, default=8192, help="Monte Carlo samples of the exact TC")
+    parser.add_argument("--dims", type=runs.positive_int, nargs="+", help="latent sizes D (default 2 4 8 16)")
+    parser.add_argument("--dataset-size", type=runs.int_at_least(2), help="N encodings (default 8192)")
+    parser.add_argument("--batch-size", type=runs.int_at_least(2), default=256, help="B per minibatch")
+    parser.add_argument("--repeats", type=runs.int_at_least(2), help="minibatches per estimator (default 20)")
+    parser.add_argument("--rho", type=runs.float_in(0.0, 1.0, low_open=False), default=0.5,
+                        help="correlation of the means, in [0, 1)")
+    parser.add_argument("--noise-std", type=runs.positive_float, default=0.5, help="encoder standard deviation s")
+    parser.add_argument("--exact-samples", type=runs.int_at_least(2),
+                        help="Monte Carlo samples of the exact TC (default 8192)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="small sizes, a few seconds")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, a few seconds (options given explicitly still win)")
+
+
+def resolve(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the sizes not given on the command line from --quick's or the full defaults, and check them."""
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.rho >= 1.0:
+        raise SystemExit(f"error: --rho must be in [0, 1), got {args.rho}")
+    if args.batch_size > args.dataset_size:
+        raise SystemExit(f"error: --batch-size {args.batch_size} is larger than --dataset-size {args.dataset_size}")
+    return args
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    if args.quick:
-        args.dims, args.dataset_size, args.repeats, args.exact_samples = [2, 4], 1024, 5, 2048
+    args = resolve(args)
     generator = torch.Generator().manual_seed(args.seed)
     backend = f"fused C++ ({_extension.cpu_isa()})" if _extension.extension_available() else "pure PyTorch"
     print(f"tcestim demo: mu ~ N(0, equicorrelated rho={args.rho}), z|mu ~ N(mu, {args.noise_std}^2 I), "

@@ -16,6 +16,9 @@ def figure(rows: int = 1, cols: int = 1, **subplots_kwargs):
 
 
 def save(fig, path: str, *, dpi: int = 90) -> str:
+    """Write ``fig`` as a PNG at ``path`` atomically; returns ``path``."""
+    from tcestim.experiments.runs import atomic_write
+
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=dpi, format="png"), binary=True)
     return path

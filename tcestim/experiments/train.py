@@ -5,8 +5,12 @@ the objectives of tcestim.losses, and evaluates it: the exact KL decomposition o
 posterior of an evaluation set (tcestim.decompose_exact), MIG (Chen et al.'s estimator and the
 discretised one), Hoyer sparsity and TC of means vs samples. Writes into the output folder:
 
-    checkpoint.pt     model weights, the arguments and the step (also written at every evaluation)
-    metrics.jsonl     one JSON object per evaluation
+    checkpoint.pt     model, prior, optimiser, sampler and RNG states, the arguments and the step
+                      (written atomically at every evaluation; plain data, loaded weights-only)
+    metrics.jsonl     one JSON object per evaluation, appended after the checkpoint it describes
+
+An existing non-empty folder is refused unless ``--resume`` (continue from its checkpoint) or
+``--overwrite`` is given. Batches are distinct data points drawn from shuffled epochs.
     curves.png        loss and MI / TC / dimension-wise KL over training
     traversals.png    latent traversals (images) or the latent space (pinwheel)
     mi_matrix.png     I(z_j; v_k) per latent and factor (Chen et al. fig. 4 style)
@@ -17,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from types import SimpleNamespace
 
@@ -25,8 +30,9 @@ import torch
 from tcestim import losses, metrics, priors
 from tcestim.exact import decompose_exact
 from tcestim.experiments import data as datasets
-from tcestim.experiments import models
+from tcestim.experiments import models, runs
 from tcestim.experiments.plotting import figure, save
+from tcestim.weights import ESTIMATORS
 
 OBJECTIVES = ("beta-vae", "beta-tcvae", "rtc-vae", "decomposition")
 PRIORS = ("normal", "anisotropic", "student-t", "spike-slab")
@@ -126,7 +132,7 @@ def encode_all(model, data, indices, batch_size=512):
 def evaluate(model, data, args, prior, generator) -> dict:
     """Exact decomposition over an evaluation set, MIG (both methods), Hoyer, TC means vs samples."""
     model.eval()
-    n = min(args.eval_points, len(data))
+    n = args.eval_points
     indices = torch.randperm(len(data), generator=generator)[:n]
     mu, logvar = encode_all(model, data, indices)
     z = models.reparameterize(mu, logvar, generator)
@@ -215,89 +221,211 @@ def plot_traversals(model, data, args, path, generator):
 # ---------------------------------------------------------------------------------------------
 # commands
 
+# Options that may differ when a run is resumed (they do not change what is computed).
+RESUMABLE = ("steps", "out", "resume", "overwrite", "no_progress", "no_plots", "threads", "explicit")
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    weight = runs.non_negative_float
     parser.add_argument("--data", choices=("sprites", "pinwheel"), default="sprites")
     parser.add_argument("--model", choices=("conv", "mlp"), default="conv", help="for image data")
     parser.add_argument("--objective", choices=OBJECTIVES, default="beta-tcvae")
-    parser.add_argument("--estimator", default="stratified", help="TC estimator (tcestim.ESTIMATORS)")
-    parser.add_argument("--divergence", choices=losses.DIVERGENCES, default="kl", help="for --objective decomposition")
-    parser.add_argument("--beta", type=float, default=6.0)
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--gamma", type=float, default=1.0)
-    parser.add_argument("--eta", type=float, default=0.0, help="RTC-VAE variance penalty")
+    parser.add_argument("--estimator", choices=ESTIMATORS, default="stratified", help="TC estimator")
+    parser.add_argument("--divergence", choices=losses.DIVERGENCES, default="kl",
+                        help="for --objective decomposition")
+    parser.add_argument("--beta", type=weight, default=6.0,
+                        help="the paper's β of the objective (KL weight for beta-vae and decomposition, TC weight "
+                             "for beta-tcvae, extra TC weight for rtc-vae)")
+    parser.add_argument("--alpha", type=weight, default=1.0,
+                        help="β-TCVAE's MI weight; the divergence weight of decomposition")
+    parser.add_argument("--gamma", type=weight, default=1.0, help="β-TCVAE's dimension-wise KL weight")
+    parser.add_argument("--eta", type=weight, default=0.0, help="RTC-VAE variance penalty")
     parser.add_argument("--prior", choices=PRIORS, default="normal")
-    parser.add_argument("--latent-dim", type=int, default=10)
-    parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--subsample", type=int, default=None, help="number of data points (default: all)")
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--eval-every", type=int, default=1000)
-    parser.add_argument("--eval-points", type=int, default=4096)
+    parser.add_argument("--latent-dim", type=runs.positive_int, default=10)
+    parser.add_argument("--image-size", type=runs.int_at_least(4), default=64)
+    parser.add_argument("--subsample", type=runs.int_at_least(2), default=None,
+                        help="number of data points (default: all; pinwheel: 20000)")
+    parser.add_argument("--steps", type=runs.positive_int, default=5000, help="total optimiser steps")
+    parser.add_argument("--batch-size", type=runs.int_at_least(2), default=256,
+                        help="distinct data points per step (batches are drawn from shuffled epochs)")
+    parser.add_argument("--lr", type=runs.positive_float, default=1e-3)
+    parser.add_argument("--eval-every", type=runs.positive_int, default=1000)
+    parser.add_argument("--eval-points", type=runs.int_at_least(2), default=None,
+                        help="evaluation set size (default: min(4096, dataset size))")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=runs.positive_int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out", default="runs/tcestim")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--no-plots", action="store_true")
 
 
+def _check_plotting(args) -> None:
+    if args.no_plots:
+        return
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise SystemExit("error: plots need matplotlib (pip install matplotlib), or pass --no-plots") from None
+
+
+def _check_sizes(args, n: int) -> None:
+    if args.batch_size > n:
+        raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the data set ({n} points)")
+    if args.eval_points is None:
+        args.eval_points = min(4096, n)
+    elif args.eval_points > n:
+        raise SystemExit(f"error: --eval-points {args.eval_points} is larger than the data set ({n} points)")
+
+
+def _resumed_args(args, saved: dict):
+    """The run's own arguments, with what may change on resume taken from the command line; an
+    option given explicitly with another value than the run's is an error, not silently ignored."""
+    explicit = set(getattr(args, "explicit", ()))
+    for key, value in saved.items():
+        if key in RESUMABLE or key not in explicit:
+            continue
+        if getattr(args, key) != value:
+            raise SystemExit(f"error: --{key.replace('_', '-')} {getattr(args, key)!r} differs from the run being "
+                             f"resumed ({value!r}); on --resume only --steps and the output options may change")
+    merged = dict(saved)
+    merged.update({key: getattr(args, key) for key in RESUMABLE if hasattr(args, key)})
+    if merged["steps"] < saved["steps"] and "steps" not in explicit:
+        merged["steps"] = saved["steps"]
+    return SimpleNamespace(**merged)
+
+
+class EpochSampler:
+    """Batches of distinct data points: each epoch is a fresh permutation of the N indices, consumed
+    batch by batch (the last partial batch of an epoch is dropped), so no point appears twice in a
+    batch, as the stratified weights assume. Its state can be saved and restored exactly."""
+
+    def __init__(self, size: int, batch_size: int, seed: int):
+        self.size, self.batch_size = size, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = -1
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        self.epoch += 1
+        self.position = 0
+        self._epoch_start = self.generator.get_state()
+        self._order = torch.randperm(self.size, generator=self.generator)
+
+    def next(self) -> torch.Tensor:
+        if self.position + self.batch_size > self.size:
+            self._new_epoch()
+        batch = self._order[self.position:self.position + self.batch_size]
+        self.position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "epoch_start": self._epoch_start}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["epoch_start"])
+        self.epoch = state["epoch"] - 1
+        self._new_epoch()
+        self.position = state["position"]
+
+
 def train(args) -> dict:
-    """Trains as ``args`` says; returns the final evaluation."""
+    """Trains as ``args`` says (``--resume`` continues the run in ``--out``); returns the final evaluation.
+
+    Files in ``--out`` are written atomically, the checkpoint before the metrics line that describes
+    it; a NaN or infinite loss stops the run with :class:`~tcestim.experiments.runs.TrainingDiverged`
+    and leaves the last good checkpoint in place.
+    """
+    runs.prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
+    checkpoint_path = os.path.join(args.out, "checkpoint.pt")
+    metrics_path = os.path.join(args.out, "metrics.jsonl")
+    state = None
+    if args.resume:
+        state = runs.load_checkpoint(checkpoint_path)
+        args = _resumed_args(args, state["args"])
+    _check_plotting(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    os.makedirs(args.out, exist_ok=True)
     data = build_data(args)
+    _check_sizes(args, len(data))
     model = build_model(args)
     prior = build_prior(args)
     parameters = list(model.parameters()) + (list(prior.parameters()) if prior is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=args.lr)
-    history = []
-    metrics_path = os.path.join(args.out, "metrics.jsonl")
-    open(metrics_path, "w").close()
-    steps = range(1, args.steps + 1)
+    sampler = EpochSampler(len(data), args.batch_size, args.seed)
+    noise = torch.Generator().manual_seed(args.seed + 2)  # the reparameterisation's samples
+    first_step, history = 1, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        if prior is not None:
+            prior.load_state_dict(state["prior"])
+        optimiser.load_state_dict(state["optimiser"])
+        sampler.load_state_dict(state["sampler"])
+        noise.set_state(state["noise"])
+        torch.set_rng_state(state["torch_rng"])
+        first_step = state["step"] + 1
+        history = [r for r in runs.read_json_lines(metrics_path) if r.get("step", math.inf) <= state["step"]]
+    runs.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+
+    steps = range(first_step, args.steps + 1)
     if not args.no_progress:
         from tqdm.auto import tqdm
-        steps = tqdm(steps, desc=f"train {args.objective}", unit="step")
-    start, last = time.perf_counter(), None
+        steps = tqdm(steps, desc=f"train {args.objective}", unit="step", initial=first_step - 1, total=args.steps)
+    start = time.perf_counter()
     for step in steps:
-        index = torch.randint(len(data), (args.batch_size,), generator=generator)
-        x = data.images(index)
-        out = model(x, generator)
+        x = data.images(sampler.next())
+        out = model(x, noise)
         result = objective(args, prior, log_likelihood(args, out.recon, x), out, len(data))
+        loss = float(result.loss.detach())
+        if not math.isfinite(loss):
+            kept = f"the last good checkpoint (step {history[-1]['step']}) is kept in {checkpoint_path}" \
+                if history else "no checkpoint was written yet"
+            raise runs.TrainingDiverged(f"the loss is {loss} at step {step}: the run diverged (try a lower --lr); "
+                                        f"{kept}")
         optimiser.zero_grad()
         result.loss.backward()
         optimiser.step()
-        last = float(result.loss.detach())
         if hasattr(steps, "set_postfix"):
-            steps.set_postfix(loss=f"{last:.1f}")
+            steps.set_postfix(loss=f"{loss:.1f}")
         if step % args.eval_every == 0 or step == args.steps:
-            record = {"step": step, "loss": last, "seconds": time.perf_counter() - start,
+            record = {"step": step, "loss": loss, "seconds": time.perf_counter() - start,
                       **evaluate(model, data, args, prior, torch.Generator().manual_seed(args.seed + 1))}
+            runs.save_checkpoint({"model": model.state_dict(),
+                                  "prior": prior.state_dict() if prior is not None else None,
+                                  "optimiser": optimiser.state_dict(), "sampler": sampler.state_dict(),
+                                  "noise": noise.get_state(), "torch_rng": torch.get_rng_state(),
+                                  "args": _plain_args(args), "step": step}, checkpoint_path)
+            runs.append_line(metrics_path, json.dumps(record))
             history.append(record)
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            save_checkpoint(model, prior, args, step, os.path.join(args.out, "checkpoint.pt"))
     if not args.no_plots and history:
         plot_curves(history, os.path.join(args.out, "curves.png"))
         plot_mi_matrix(history[-1], os.path.join(args.out, "mi_matrix.png"))
-        plot_traversals(model, data, args, os.path.join(args.out, "traversals.png"), generator)
+        plot_traversals(model, data, args, os.path.join(args.out, "traversals.png"),
+                        torch.Generator().manual_seed(args.seed + 3))
     return history[-1] if history else {}
 
 
-def save_checkpoint(model, prior, args, step, path):
-    torch.save({"model": model.state_dict(), "prior": prior.state_dict() if prior is not None else None,
-                "args": vars(args), "step": step}, path)
+def _plain_args(args) -> dict:
+    """The arguments as plain data (what a weights-only checkpoint may hold)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
+            if v is None or isinstance(v, (bool, int, float, str, list, tuple))}
 
 
 def evaluate_checkpoint(path: str, eval_points: int | None = None) -> dict:
-    """Rebuilds the data, model and prior of a checkpoint and evaluates it again."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    """Rebuilds the data, model and prior of a checkpoint and evaluates it again.
+
+    The file is loaded with ``torch.load(weights_only=True)``: it can hold no code. A file that is not
+    a tcestim checkpoint of this version raises :class:`~tcestim.experiments.runs.CheckpointError`.
+    """
+    state = runs.load_checkpoint(path)
     args = SimpleNamespace(**state["args"])
-    if eval_points:
-        args.eval_points = eval_points
     data = build_data(args)
+    if eval_points is not None:
+        if eval_points > len(data):
+            raise SystemExit(f"error: --eval-points {eval_points} is larger than the data set ({len(data)} points)")
+        args.eval_points = eval_points
     model = build_model(args)
     model.load_state_dict(state["model"])
     prior = build_prior(args)
@@ -307,14 +435,27 @@ def evaluate_checkpoint(path: str, eval_points: int | None = None) -> dict:
     return {"step": state["step"], **result}
 
 
-def main_train(args) -> None:
-    final = train(args)
+def main_train(args) -> int:
+    try:
+        final = train(args)
+    except runs.TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except runs.CheckpointError as error:
+        print(f"error: cannot resume: {error}", file=sys.stderr)
+        return 1
     summary = {k: v for k, v in final.items() if k not in ("mi_matrix", "factor_names")}
     print(json.dumps(summary, indent=1))
     plots = "" if args.no_plots else ", curves.png, mi_matrix.png, traversals.png"
     print(f"wrote {args.out}/checkpoint.pt, metrics.jsonl{plots}")
+    return 0
 
 
-def main_evaluate(args) -> None:
-    result = evaluate_checkpoint(args.checkpoint, args.eval_points)
+def main_evaluate(args) -> int:
+    try:
+        result = evaluate_checkpoint(args.checkpoint, args.eval_points)
+    except runs.CheckpointError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in result.items() if k != "mi_matrix"}, indent=1))
+    return 0
