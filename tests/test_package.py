@@ -63,10 +63,15 @@ def test_moved_attribute_warns():
     with pytest.warns(DeprecationWarning, match="tcestim.baselines.knn_total_correlation"):
         assert tcestim.knn_total_correlation is knn_total_correlation
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):
-        tcestim.no_such_name
+        tcestim.no_such_name  # noqa: B018
 
 
 def test_command_line_entry_point():
     out = subprocess.run([sys.executable, "-m", "tcestim", "--help"], capture_output=True, text=True, check=True)
     for command in ("demo", "bias", "train", "evaluate"):
         assert command in out.stdout
+
+
+def test_submodules_are_attributes():
+    assert callable(tcestim.distributed.total_correlation)
+    assert callable(tcestim.baselines.density_ratio.permute_dims)

@@ -9,25 +9,21 @@ TCESTIM_HYPOTHESIS_EXAMPLES sets the number of examples per test (default 25).
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(__file__))
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from hypothesis import given, settings, strategies as st  # noqa: E402
+import tcestim
+import tcestim.testing
 
-import tcestim  # noqa: E402
-from reference import (  # noqa: E402
-    decomposition as ref_decomposition,
-    mixture_logdensity as ref_mixture_logdensity,
-    structured_matrix,
-    to_numpy,
-)
+from reference import decomposition as ref_decomposition
+from reference import mixture_logdensity as ref_mixture_logdensity
+from reference import structured_matrix, to_numpy
 
 EXAMPLES = int(os.environ.get("TCESTIM_HYPOTHESIS_EXAMPLES", "25"))
 SETTINGS = settings(deadline=None, max_examples=EXAMPLES)
@@ -80,21 +76,11 @@ def effective_n(dataset_size, B):
     return B if dataset_size is None else dataset_size
 
 
-ISAS = list(tcestim.supported_cpu_isas()) or ["none"]
-
-
-@contextlib.contextmanager
-def using_isa(name):
-    """Run the CPU kernels with one instruction set (lane counts differ: block edges move)."""
-    if name == "none":
-        yield
-        return
-    previous = tcestim.cpu_isa()
-    tcestim.set_cpu_isa(name)
-    try:
-        yield
-    finally:
-        tcestim.set_cpu_isa(previous)
+# The CPU backends (every fused instruction set, whose lane counts move the block edges, and the
+# fallback): hypothesis draws CPU tensors, and its examples cannot use the function-scoped
+# ``backend`` fixture of conftest.py, so the backends are a plain parameter here.
+BACKENDS = [b for b in tcestim.testing.backends() if b.device == "cpu"]
+backends = pytest.mark.parametrize("backend", BACKENDS, ids=[b.name for b in BACKENDS])
 
 
 def assert_close(actual, expected, *, rtol, atol, what=""):
@@ -255,30 +241,30 @@ def test_mws_is_uniform_mixture_offset_by_log_n(data, extra):
 # against the reference
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@backends
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @SETTINGS
 @given(data=st.data())
-def test_decompose_matches_reference_float64(isa, estimator, data):
+def test_decompose_matches_reference_float64(backend, estimator, data):
     z, mu, logvar = data.draw(posteriors(), label="posterior")
     B = z.shape[0]
     N = data.draw(dataset_sizes(B), label="dataset_size")
-    with using_isa(isa):
+    with tcestim.testing.use_backend(backend):
         out = tcestim.decompose(z, mu, logvar, dataset_size=N, estimator=estimator)
     ref = ref_decomposition(to_numpy(z), to_numpy(mu), to_numpy(logvar), estimator, effective_n(N, B))
     for name in FIELDS:
         assert_close(getattr(out, name), ref[name], rtol=1e-10, atol=1e-10, what=name)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@backends
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @SETTINGS
 @given(data=st.data())
-def test_decompose_matches_reference_float32(isa, estimator, data):
+def test_decompose_matches_reference_float32(backend, estimator, data):
     z, mu, logvar = data.draw(posteriors(dtype=torch.float32), label="posterior")
     B = z.shape[0]
     N = data.draw(dataset_sizes(B), label="dataset_size")
-    with using_isa(isa):
+    with tcestim.testing.use_backend(backend):
         out = tcestim.decompose(z, mu, logvar, dataset_size=N, estimator=estimator)
     # the reference sees exactly the float32 inputs, in float64
     ref = ref_decomposition(to_numpy(z), to_numpy(mu), to_numpy(logvar), estimator, effective_n(N, B))
@@ -302,15 +288,15 @@ def mixture_problems(draw, dtype=torch.float64, max_size=40):
     return tuple(t.to(dtype) for t in (z, mu, logvar)) + (g,)
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@backends
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @SETTINGS
 @given(data=st.data())
-def test_log_aggregate_posterior_dense_weights_match_reference(isa, dtype, data):
+def test_log_aggregate_posterior_dense_weights_match_reference(backend, dtype, data):
     z, mu, logvar, g = data.draw(mixture_problems(dtype=dtype), label="problem")
     M, K = z.shape[0], mu.shape[0]
     log_weights = (torch.randn(M, K, generator=g, dtype=torch.float64) - math.log(K)).to(dtype)
-    with using_isa(isa):
+    with tcestim.testing.use_backend(backend):
         log_qz, log_qzd = tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=log_weights)
     ref_qz, ref_qzd = ref_mixture_logdensity(to_numpy(z), to_numpy(mu), to_numpy(logvar),
                                              to_numpy(log_weights))
@@ -320,11 +306,11 @@ def test_log_aggregate_posterior_dense_weights_match_reference(isa, dtype, data)
     assert_close(log_qzd, ref_qzd, **tol, what="log_qzd")
 
 
-@pytest.mark.parametrize("isa", ISAS)
+@backends
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @SETTINGS
 @given(data=st.data())
-def test_log_aggregate_posterior_structured_weights_match_reference(isa, dtype, data):
+def test_log_aggregate_posterior_structured_weights_match_reference(backend, dtype, data):
     """StructuredLogWeights (self / next mod M / other), a float and None against the dense reference."""
     z, mu, logvar, g = data.draw(mixture_problems(dtype=dtype), label="problem")
     M, K = z.shape[0], mu.shape[0]
@@ -338,7 +324,7 @@ def test_log_aggregate_posterior_structured_weights_match_reference(isa, dtype, 
         weights, matrix = c, np.full((M, K), c)
     else:
         weights, matrix = None, np.full((M, K), -math.log(K))
-    with using_isa(isa):
+    with tcestim.testing.use_backend(backend):
         log_qz, log_qzd = tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=weights)
     ref_qz, ref_qzd = ref_mixture_logdensity(to_numpy(z), to_numpy(mu), to_numpy(logvar), matrix)
     tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-4)
@@ -346,7 +332,7 @@ def test_log_aggregate_posterior_structured_weights_match_reference(isa, dtype, 
     assert_close(log_qzd, ref_qzd, **tol, what="log_qzd")
     # the structured path must agree with the same weights passed as a dense matrix
     dense = torch.as_tensor(matrix, dtype=dtype)
-    with using_isa(isa):
+    with tcestim.testing.use_backend(backend):
         d_qz, d_qzd = tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=dense)
     assert_close(log_qz, d_qz, **tol, what="structured vs dense log_qz")
     assert_close(log_qzd, d_qzd, **tol, what="structured vs dense log_qzd")
@@ -380,12 +366,12 @@ def test_decompose_matches_reference_large_batches(estimator, data):
     z, mu, logvar = data.draw(posteriors(min_b=13, max_b=200, max_d=12), label="posterior")
     B = z.shape[0]
     N = data.draw(dataset_sizes(B), label="dataset_size")
-    for isa in ISAS:
-        with using_isa(isa):
+    for backend in BACKENDS:
+        with tcestim.testing.use_backend(backend):
             out = tcestim.decompose(z, mu, logvar, dataset_size=N, estimator=estimator)
         ref = ref_decomposition(to_numpy(z), to_numpy(mu), to_numpy(logvar), estimator, effective_n(N, B))
         for name in FIELDS:
-            assert_close(getattr(out, name), ref[name], rtol=1e-10, atol=1e-10, what=f"{isa} {name}")
+            assert_close(getattr(out, name), ref[name], rtol=1e-10, atol=1e-10, what=f"{backend.name} {name}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 from tcestim.experiments import data as D
-from tcestim.experiments.data import (FACTOR_SIZES, NUM_IMAGES, SpritesDataset, factors_to_index, index_to_factors,
-                          load_dsprites_npz, pinwheel, render_sprites)
+from tcestim.experiments.data import (
+    FACTOR_SIZES,
+    NUM_IMAGES,
+    SpritesDataset,
+    factors_to_index,
+    index_to_factors,
+    load_dsprites_npz,
+    pinwheel,
+    render_sprites,
+)
 
 SQUARE, ELLIPSE, HEART = 0, 1, 2
 

@@ -6,8 +6,14 @@ import torch
 from torch import nn
 
 from tcestim.experiments.data import SpritesDataset, pinwheel
-from tcestim.experiments.models import (ConvVAE, MLPVAE, VAEOutput, bernoulli_log_likelihood, gaussian_log_likelihood,
-                            reparameterize)
+from tcestim.experiments.models import (
+    MLPVAE,
+    ConvVAE,
+    VAEOutput,
+    bernoulli_log_likelihood,
+    gaussian_log_likelihood,
+    reparameterize,
+)
 
 
 @pytest.mark.parametrize("image_size", [64, 32])
@@ -31,12 +37,12 @@ def test_conv_vae_architecture_follows_table_1a():
     assert [c.out_channels for c in convs] == [32, 32, 64, 64]
     assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
     fcs = [m for m in model.encoder if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in fcs] == [(1024, 128), (128, 20)]
+    assert [(fc.in_features, fc.out_features) for fc in fcs] == [(1024, 128), (128, 20)]
     ups = [m for m in model.decoder if isinstance(m, nn.ConvTranspose2d)]
     assert [u.out_channels for u in ups] == [64, 64, 32, 1]
     assert all(u.kernel_size == (4, 4) and u.stride == (2, 2) for u in ups)
     dfcs = [m for m in model.decoder if isinstance(m, nn.Linear)]
-    assert [(l.in_features, l.out_features) for l in dfcs] == [(10, 128), (128, 1024)]
+    assert [(fc.in_features, fc.out_features) for fc in dfcs] == [(10, 128), (128, 1024)]
     small = ConvVAE(latent_dim=6, image_size=32)
     assert [c.out_channels for c in small.encoder if isinstance(c, nn.Conv2d)] == [32, 64, 64]
     assert [u.out_channels for u in small.decoder if isinstance(u, nn.ConvTranspose2d)] == [64, 32, 1]

@@ -22,8 +22,8 @@ def test_pinwheel_training_writes_everything(tmp_path, objective):
     args = tiny_args(tmp_path, data="pinwheel", latent_dim=2, steps=6, eval_every=3, eval_points=300,
                      batch_size=32, objective=objective, subsample=600, beta=2.0, eta=0.1, alpha=0.5)
     final = train.train(args)
-    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [l["step"] for l in lines] == [3, 6]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [3, 6]
     for key in ("mi", "tc", "dimkl", "mig_chen", "mig_discrete", "loss"):
         assert key in final
     assert final["mi"] + final["tc"] + final["dimkl"] > 0  # the KL of q(z|x) to the prior is positive on average

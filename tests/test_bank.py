@@ -1,0 +1,119 @@
+"""tcestim.bank (MemoryBank) and the stratified estimator with a bank: FIFO order, detached copies,
+weights against the reference, exactness when the bank holds the rest of the dataset, gradients,
+arguments."""
+import numpy as np
+import pytest
+import torch
+
+import tcestim
+
+import reference
+from helpers import encodings, sample, separated_batch
+
+
+def test_memory_bank_is_a_fifo():
+    bank = tcestim.MemoryBank(5, 2)
+    assert len(bank) == 0 and bank.mu.shape == (0, 2)
+    rows = torch.arange(16, dtype=torch.float64).reshape(8, 2)
+    bank.update(rows[:3], rows[:3])
+    assert len(bank) == 3 and torch.equal(bank.mu, rows[:3])
+    bank.update(rows[3:7], rows[3:7])  # 7 pushed, 5 kept: rows 2..6
+    assert len(bank) == 5
+    assert sorted(bank.mu[:, 0].tolist()) == rows[2:7, 0].tolist()
+    bank.update(rows, -rows)  # a batch larger than the bank keeps its last 5
+    assert sorted(bank.mu[:, 0].tolist()) == rows[3:, 0].tolist()
+    assert sorted(bank.logvar[:, 0].tolist()) == sorted((-rows[3:, 0]).tolist())
+    bank.reset()
+    assert len(bank) == 0
+
+
+def test_memory_bank_stores_detached_copies():
+    mu = torch.randn(4, 3, requires_grad=True)
+    bank = tcestim.MemoryBank(10, 3)
+    bank.update(mu * 2, mu * 0)
+    assert not bank.mu.requires_grad
+    with torch.no_grad():
+        mu.add_(1.0)
+    assert not torch.allclose(bank.mu, (mu * 2).detach())
+
+
+def test_memory_bank_validation():
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        tcestim.MemoryBank(0, 3)
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        tcestim.MemoryBank(4, 0)
+    with pytest.raises(TypeError, match="size must be an int"):
+        tcestim.MemoryBank(4.0, 3)
+    bank = tcestim.MemoryBank(4, 3)
+    with pytest.raises(ValueError, match=r"shape \(B, 3\)"):
+        bank.update(torch.zeros(2, 2), torch.zeros(2, 2))
+    mu, logvar = encodings(6, 2)
+    with pytest.raises(ValueError, match="bank holds encodings of width 3"):
+        tcestim.total_correlation(sample(mu, logvar), mu, logvar, dataset_size=100, bank=bank)
+    with pytest.raises(ValueError, match="need estimator='stratified'"):
+        tcestim.total_correlation(sample(mu, logvar), mu, logvar, dataset_size=100,
+                                  bank=tcestim.MemoryBank(4, 2), estimator="mss")
+
+
+def test_bank_weights_match_reference():
+    N, B, K = 500, 6, 9
+    mu_all, logvar_all = encodings(B + K, 3, seed=9)
+    mu, logvar = mu_all[:B], logvar_all[:B]
+    z = sample(mu, logvar)
+    bank = tcestim.MemoryBank(K, 3)
+    bank.update(mu_all[B:], logvar_all[B:])
+    d = tcestim.decompose(z, mu, logvar, dataset_size=N, bank=bank)
+    w = np.full((B, B + K), (N - 1) / (N * (B - 1 + K)))
+    np.fill_diagonal(w[:, :B], 1.0 / N)
+    want_qz, want_qzd = reference.mixture_logdensity(z.numpy(), mu_all.numpy(), logvar_all.numpy(), np.log(w))
+    np.testing.assert_allclose(d.log_qz.numpy(), want_qz, rtol=1e-12)
+    np.testing.assert_allclose(d.log_qzd.numpy(), want_qzd, rtol=1e-12)
+
+
+def test_bank_holding_the_rest_of_the_dataset_is_exact():
+    N, B = 40, 8
+    mu_all, logvar_all = encodings(N, 4, seed=10)
+    z = sample(mu_all[:B], logvar_all[:B])
+    bank = tcestim.MemoryBank(N - B, 4)
+    bank.update(mu_all[B:], logvar_all[B:])
+    with_bank = tcestim.decompose(z, mu_all[:B], logvar_all[:B], dataset_size=N, bank=bank)
+    exact = tcestim.decompose_exact(z, mu_all[:B], logvar_all[:B], mu_all, logvar_all)
+    for a, b in zip(with_bank, exact):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_gradients_do_not_flow_into_the_bank():
+    mu_all, logvar_all = encodings(20, 3, seed=11)
+    bank_mu = mu_all[8:].clone().requires_grad_()
+    bank = tcestim.MemoryBank(12, 3)
+    bank.update(bank_mu, logvar_all[8:])
+    mu, logvar = mu_all[:8].clone().requires_grad_(), logvar_all[:8].clone().requires_grad_()
+    z = sample(mu.detach(), logvar.detach())
+    for jackknife in (False, True):
+        tc = tcestim.total_correlation(z, mu, logvar, dataset_size=100, bank=bank, jackknife=jackknife)
+        tc.backward()
+        assert bank_mu.grad is None
+        assert mu.grad is not None and torch.isfinite(mu.grad).all()
+        mu.grad = None
+
+
+def test_bank_needs_a_dataset_size_that_leaves_room_for_it():
+    z, mu, logvar = (t.detach() for t in separated_batch(B=4, D=2))
+    bank = tcestim.MemoryBank(10, 2)
+    bank.update(torch.randn(8, 2, dtype=torch.float64), torch.zeros(8, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="dataset_size must be given with a non-empty bank"):
+        tcestim.total_correlation(z, mu, logvar, bank=bank)
+    with pytest.raises(ValueError, match=r"dataset_size must be >= batch size \+ len\(bank\) = 12"):
+        tcestim.total_correlation(z, mu, logvar, dataset_size=11, bank=bank)
+    empty = tcestim.MemoryBank(10, 2)  # an empty bank changes nothing, even without dataset_size
+    torch.testing.assert_close(tcestim.total_correlation(z, mu, logvar, bank=empty),
+                               tcestim.total_correlation(z, mu, logvar))
+
+
+def test_bank_keeps_fifo_order_when_its_dtype_changes():
+    bank = tcestim.MemoryBank(3, 1)
+    for value in (1.0, 2.0, 3.0, 4.0):
+        bank.update(torch.tensor([[value]]), torch.tensor([[0.0]]))
+    bank.update(torch.tensor([[5.0]], dtype=torch.float64), torch.tensor([[0.0]], dtype=torch.float64))
+    assert sorted(bank.mu[:, 0].tolist()) == [3.0, 4.0, 5.0]
+    assert bank.mu.dtype == torch.float64

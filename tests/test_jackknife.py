@@ -1,0 +1,199 @@
+"""tcestim.jackknife: the first- and second-order jackknife of the stratified estimate against naive
+loops, its stability, gradients, bias, exactness on the whole dataset, arguments and NaN/Inf rules.
+
+Also tested elsewhere, by concern: hypothesis symmetries (test_properties.py), across processes
+(test_distributed.py), forward-mode and second derivatives (test_transforms.py).
+"""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import tcestim
+
+import reference
+from helpers import encodings, posterior, sample, separated_batch
+
+
+@pytest.mark.parametrize("bank_size", [0, 5, 30])
+def test_jackknife_matches_naive_reference(bank_size):
+    """Second order (the default): the leave-two-out mean over the top terms and the power series
+    over the rest (30 bank entries exceed TOP_TERMS) agree with explicit loops over all pairs."""
+    N, B = 300, 6
+    mu_all, logvar_all = encodings(B + bank_size, 3, seed=12)
+    z = sample(mu_all[:B], logvar_all[:B])
+    bank = None
+    if bank_size:
+        bank = tcestim.MemoryBank(bank_size, 3)
+        bank.update(mu_all[B:], logvar_all[B:])
+    d = tcestim.decompose(z, mu_all[:B], logvar_all[:B], dataset_size=N, bank=bank, jackknife=True)
+    want_qz, want_qzd = reference.jackknife_stratified(z.numpy(), mu_all.numpy(), logvar_all.numpy(), N)
+    np.testing.assert_allclose(d.log_qz.numpy(), want_qz, rtol=1e-10)
+    np.testing.assert_allclose(d.log_qzd.numpy(), want_qzd, rtol=1e-10)
+
+
+def test_first_order_jackknife_matches_naive_reference():
+    from tcestim.jackknife import jackknife_log_densities
+
+    N, K = 200, 25
+    mu_all, logvar_all = encodings(K, 2, seed=15)
+    z = sample(mu_all[:5], logvar_all[:5])
+    got_qz, got_qzd = jackknife_log_densities(z, mu_all, logvar_all, N, order=1)
+    want_qz, want_qzd = reference.jackknife_stratified(z.numpy(), mu_all.numpy(), logvar_all.numpy(), N, order=1)
+    np.testing.assert_allclose(got_qz.numpy(), want_qz, rtol=1e-10)
+    np.testing.assert_allclose(got_qzd.numpy(), want_qzd, rtol=1e-10)
+
+
+def test_second_order_series_is_exact_for_widely_spread_terms():
+    """Other terms spanning many orders of magnitude, well past TOP_TERMS of them."""
+    from tcestim.jackknife import TOP_TERMS, _corrected_rows
+
+    g = torch.Generator().manual_seed(16)
+    n, P = 3 * TOP_TERMS, 500
+    log_self = torch.randn(3, generator=g, dtype=torch.float64)
+    log_others = 6 * torch.randn(3, n, generator=g, dtype=torch.float64) - math.log(n)
+    got = _corrected_rows(log_self, log_others, P, order=2)
+    for row in range(3):
+        want = reference.jackknife_row(float(log_self[row]), log_others[row].numpy(), P, order=2)
+        assert float(got[row]) == pytest.approx(want, abs=1e-9)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_jackknife_gradcheck_float64(order):
+    """With more other components than TOP_TERMS, so the power-series path (and its Horner
+    backward) is differentiated too."""
+    from tcestim.jackknife import TOP_TERMS, jackknife_log_densities
+
+    mu_all, logvar_all = encodings(TOP_TERMS + 12, 2, seed=17)
+    z = sample(mu_all[:3], logvar_all[:3])
+    inputs = tuple(x.clone().requires_grad_() for x in (z, mu_all, logvar_all))
+
+    def fn(z, mu, logvar):
+        log_qz, log_qzd = jackknife_log_densities(z, mu, logvar, 200, order=order)
+        return log_qz, log_qzd
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_jackknife_order_must_be_one_or_two():
+    from tcestim.jackknife import jackknife_log_densities
+
+    mu, logvar = encodings(5, 2)
+    with pytest.raises(ValueError, match="order must be 1 or 2"):
+        jackknife_log_densities(sample(mu, logvar), mu, logvar, 10, order=3)
+
+
+def test_jackknife_is_stable_when_one_component_dominates():
+    """A query sitting on one narrow 'other' component: the leave-one-out sum loses no digits."""
+    N = 1000
+    mu = torch.tensor([[0.0], [50.0], [50.001], [-30.0]], dtype=torch.float64)
+    logvar = torch.tensor([[0.0], [math.log(1e-6)], [0.0], [0.0]], dtype=torch.float64)
+    z = torch.tensor([[50.0], [50.0], [50.0], [-30.0]], dtype=torch.float64)
+    d = tcestim.decompose(z, mu, logvar, dataset_size=N, jackknife=True)
+    want_qz, _ = reference.jackknife_stratified(z.numpy(), mu.numpy(), logvar.numpy(), N)
+    assert torch.isfinite(d.log_qz).all()
+    np.testing.assert_allclose(d.log_qz.numpy(), want_qz, rtol=1e-9)
+
+
+def test_jackknife_with_identical_others_changes_nothing():
+    """If every 'other' component is the same, each leave-one-out estimate equals the full one."""
+    B, N = 7, 50
+    mu = torch.zeros(B, 2, dtype=torch.float64)
+    logvar = torch.zeros(B, 2, dtype=torch.float64)
+    z = sample(mu, logvar, seed=13)
+    plain = tcestim.decompose(z, mu, logvar, dataset_size=N)
+    jack = tcestim.decompose(z, mu, logvar, dataset_size=N, jackknife=True)
+    torch.testing.assert_close(jack.log_qz, plain.log_qz, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(jack.log_qzd, plain.log_qzd, rtol=1e-10, atol=1e-10)
+
+
+def test_jackknife_reduces_the_bias_of_the_stratified_estimate():
+    """On a synthetic posterior, the jackknifed TC is closer to the exact finite-N TC on average."""
+    from tcestim.experiments.synthetic import finite_mixture_tc, make_posterior
+
+    g = torch.Generator().manual_seed(14)
+    post = make_posterior(2000, 6, rho=0.5, noise_std=0.3, generator=g, dtype=torch.float64)
+    exact, _ = finite_mixture_tc(post, 4000, g)
+    plain, jack = [], []
+    for _ in range(8):
+        index = torch.randperm(2000, generator=g)[:128]
+        z = post.sample(index, g)
+        plain.append(float(tcestim.total_correlation(z, post.mu[index], post.logvar[index], dataset_size=2000)))
+        jack.append(float(tcestim.total_correlation(z, post.mu[index], post.logvar[index], dataset_size=2000,
+                                                    jackknife=True)))
+    assert abs(np.mean(jack) - exact) < abs(np.mean(plain) - exact)
+
+
+def test_jackknife_needs_three_components():
+    mu, logvar = encodings(2, 2)
+    with pytest.raises(ValueError, match="at least 3 mixture components"):
+        tcestim.total_correlation(sample(mu, logvar), mu, logvar, dataset_size=10, jackknife=True)
+
+
+def test_second_order_jackknife_removes_more_bias_exactly_over_all_samples():
+    """Exact expectations, no Monte Carlo: every 6-of-12 sample of the other components is
+    enumerated, so E[estimate] - log q(z) is the estimator's exact bias under the sampling design.
+    Over 40 populations from light- to heavy-tailed (a few terms dominate), the second-order
+    jackknife leaves on average about half the first-order bias (0.033 vs 0.063 nats), which
+    leaves under a third of the plain stratified estimate's (0.22)."""
+    from tcestim.jackknife import _corrected_rows_by_order
+
+    P, n = 12, 6
+    N = P + 1
+    samples = torch.tensor(list(itertools.combinations(range(P), n)))
+    biases = {"plain": [], 1: [], 2: []}
+    for seed in range(40):
+        g = torch.Generator().manual_seed(seed)
+        log_t = [0.5, 1.0, 2.0, 3.0][seed % 4] * torch.randn(P, generator=g, dtype=torch.float64)
+        log_self = torch.randn((), generator=g, dtype=torch.float64)
+        truth = float(torch.logsumexp(torch.cat([log_self[None], log_t]), 0)) - math.log(N)
+        log_c = math.log((N - 1) / (N * n)) + log_t[samples]
+        log_a = (log_self - math.log(N)).expand(len(samples))
+        biases["plain"].append(float(torch.logsumexp(torch.cat([log_a[:, None], log_c], 1), 1).mean()) - truth)
+        for order, value in _corrected_rows_by_order(log_a, log_c, P, (1, 2)).items():
+            biases[order].append(float(value.mean()) - truth)
+    mean_abs = {k: np.mean(np.abs(v)) for k, v in biases.items()}
+    assert mean_abs[2] < 0.6 * mean_abs[1] and mean_abs[1] < 0.5 * mean_abs["plain"]
+    light = slice(0, None, 4)  # log-normal spread 0.5: the second order is all but exact
+    assert np.max(np.abs(biases[2][light])) < 1e-4 < np.max(np.abs(biases["plain"][light]))
+
+
+def test_jackknife_gradients_are_finite_for_well_separated_components():
+    z, mu, logvar = separated_batch()
+    tc = tcestim.total_correlation(z, mu, logvar, dataset_size=1000, jackknife=True)
+    for grad in torch.autograd.grad(tc, (z, mu, logvar)):
+        assert torch.isfinite(grad).all()
+
+
+def test_jackknife_is_exact_when_the_batch_is_the_whole_dataset():
+    g = torch.Generator().manual_seed(1)
+    mu = torch.randn(64, 4, generator=g, dtype=torch.float64)
+    logvar = torch.full((64, 4), -1.0, dtype=torch.float64)
+    z = mu + 0.6 * torch.randn(64, 4, generator=g, dtype=torch.float64)
+    exact = tcestim.total_correlation(z, mu, logvar)
+    assert float(tcestim.total_correlation(z, mu, logvar, jackknife=True)) == pytest.approx(float(exact), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jackknife_follows_the_nan_and_inf_rules(dtype):
+    """The jackknife path obeys the same documented NaN/Inf behaviour as the fused kernels."""
+    z, mu, logvar = posterior(B=6, D=3, dtype=dtype)
+    for value in (float("inf"), float("-inf")):
+        z_inf = z.clone()
+        z_inf[3, 0] = value
+        out = tcestim.decompose(z_inf, mu, logvar, dataset_size=40, jackknife=True)
+        assert out.log_qz[3].item() == float("-inf") and out.log_qzd[3, 0].item() == float("-inf")
+        assert torch.isfinite(out.log_qzd[3, 1:]).all()
+        assert torch.isfinite(out.log_qz[[0, 1, 2, 4, 5]]).all()
+    mu_nan = mu.clone()
+    mu_nan[4, 0] = float("nan")
+    out = tcestim.decompose(z, mu_nan, logvar, dataset_size=40, jackknife=True)
+    assert torch.isnan(out.log_qz).all() and torch.isnan(out.log_qzd[:, 0]).all()
+    assert torch.isfinite(out.log_qzd[:, 1:]).all()
+    logvar_inf = logvar.clone()
+    logvar_inf[2] = float("inf")
+    out = tcestim.decompose(z, mu, logvar_inf, dataset_size=40, jackknife=True)
+    others = [0, 1, 3, 4, 5]
+    assert torch.isfinite(out.log_qz[others]).all() and torch.isfinite(out.log_qzd[others]).all()
