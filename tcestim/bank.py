@@ -16,6 +16,21 @@ class MemoryBank:
 
         tc = tcestim.total_correlation(z, mu, logvar, dataset_size=N, bank=bank)
         bank.update(mu, logvar)
+
+    Its contents are checkpointed with :meth:`state_dict` / :meth:`load_state_dict` (plain tensors
+    and ints, loadable with ``torch.load(weights_only=True)``). Updates work in and out of
+    ``torch.inference_mode`` in any order.
+
+    Example:
+        >>> import torch, tcestim
+        >>> bank = tcestim.MemoryBank(size=1000, dim=4)
+        >>> bank.update(torch.randn(256, 4), torch.zeros(256, 4))
+        >>> len(bank), bank.mu.shape
+        (256, torch.Size([256, 4]))
+        >>> restored = tcestim.MemoryBank(1000, 4)
+        >>> restored.load_state_dict(bank.state_dict())
+        >>> torch.equal(restored.mu, bank.mu)
+        True
     """
 
     def __init__(self, size: int, dim: int):
@@ -54,9 +69,40 @@ class MemoryBank:
     def reset(self) -> None:
         self._count, self._next = 0, 0
 
+    def state_dict(self) -> dict:
+        """``size``, ``dim``, the stored ``mu``, ``logvar`` (len(bank), dim) in ring order and the ring
+        position ``next``: restoring it gives the same components in the same order (bitwise the
+        same estimates) and the same eviction order."""
+        return {"size": self.size, "dim": self.dim, "mu": self._stored(self._mu).clone(),
+                "logvar": self._stored(self._logvar).clone(), "next": self._next}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned (on the device and dtype of its tensors)."""
+        if not isinstance(state, dict) or not {"size", "dim", "mu", "logvar", "next"} <= set(state):
+            raise ValueError("state must be a MemoryBank.state_dict() with keys size, dim, mu, logvar, next")
+        if (state["size"], state["dim"]) != (self.size, self.dim):
+            raise ValueError(f"state is of a bank with size={state['size']}, dim={state['dim']}; this bank has "
+                             f"size={self.size}, dim={self.dim}")
+        mu, logvar = state["mu"], state["logvar"]
+        if not (isinstance(mu, torch.Tensor) and isinstance(logvar, torch.Tensor) and mu.dim() == 2
+                and mu.shape == logvar.shape and mu.shape[0] <= self.size and mu.shape[1] == self.dim):
+            raise ValueError(f"state's mu and logvar must both be (n <= {self.size}, {self.dim}) tensors")
+        count = mu.shape[0]
+        if not (0 <= state["next"] < self.size and (count == self.size or state["next"] == count % self.size)):
+            raise ValueError(f"state's ring position next={state['next']} does not fit {count} stored encodings")
+        self._mu, self._logvar = None, None
+        self.reset()
+        if count:
+            self.update(mu, logvar)  # fills rows 0..count-1 in order
+            self._next = state["next"]
+
     @torch.no_grad()
     def update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """Push a batch of (B, dim) encodings; the oldest ones fall out beyond ``size``."""
+        with torch.inference_mode(False):  # buffers stay normal tensors, whatever mode fills them
+            self._update(mu, logvar)
+
+    def _update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         check_matrix("mu", mu, f"(B, {self.dim})")
         check_matrix("logvar", logvar, f"(B, {self.dim})")
         if mu.shape[1] != self.dim or logvar.shape != mu.shape:
@@ -68,8 +114,8 @@ class MemoryBank:
             self._logvar = mu.new_empty(self.size, self.dim)
             self._count, self._next = 0, 0
             if old_mu.numel():
-                self.update(old_mu.to(mu), old_logvar.to(mu))
-        mu, logvar = mu.detach()[-self.size:], logvar.detach()[-self.size:]
+                self._update(old_mu.to(mu), old_logvar.to(mu))
+        mu, logvar = mu.detach()[-self.size:].clone(), logvar.detach()[-self.size:].clone()
         rows = (self._next + torch.arange(mu.shape[0], device=mu.device)) % self.size
         self._mu[rows] = mu
         self._logvar[rows] = logvar
