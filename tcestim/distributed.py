@@ -16,7 +16,17 @@ W ranks, multiply the TC term by W to give it the weight it has in a single proc
 Communication per rank and step, with b bytes per element (4 for float32): the forward gathers
 mu and logvar, receiving 2 (W - 1) B D b bytes (B the largest rank's batch, padded) and sending
 2 B D b to each peer (ring: about 2 (W - 1) B D b in all); the backward moves the same amount
-again; plus W integers (batch sizes) and one scalar all-reduce for the reported value.
+again; plus one all-gather of 9 integers per rank (the agreement below) and one scalar all-reduce
+for the reported value.
+
+Agreement: before any work, the ranks exchange what they were called with (batch size, D, dtype,
+dataset_size, estimator, bank length, jackknife, whether mu/logvar need gradients — the backward's
+reduce-scatter is a collective that every rank must join — and whether their own inputs passed the
+checks). If
+any rank's inputs are invalid, or the ranks disagree on anything but the batch size, *every* rank
+raises the same ValueError naming the rank and the problem, so no rank is left waiting in a
+collective. A rank may have an empty batch (B_r = 0): it contributes nothing and still takes part in
+every collective, backward included.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 
 from tcestim._ops import mixture_logdensity
-from tcestim._validation import check_posterior, compute_dtype
+from tcestim._validation import check_same_dtype_device, check_tensor, compute_dtype, is_int
 from tcestim.bank import bank_components
 from tcestim.estimators import (
     KLDecomposition,
@@ -37,7 +47,16 @@ from tcestim.estimators import (
     check_stratified_extensions,
     stratified_log_densities,
 )
-from tcestim.weights import StructuredLogWeights, check_estimator, estimator_log_weights, resolve_dataset_size
+from tcestim.weights import (
+    ESTIMATORS,
+    StructuredLogWeights,
+    check_estimator,
+    estimator_log_weights,
+    resolve_dataset_size,
+)
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_AGREED = ("D", "dtype", "dataset_size", "estimator", "bank length", "jackknife", "whether mu/logvar need gradients")
 
 
 def _require_initialised() -> None:
@@ -45,6 +64,80 @@ def _require_initialised() -> None:
         raise RuntimeError("tcestim.distributed needs an initialised process group: call "
                            "torch.distributed.init_process_group(...) first (or use tcestim.total_correlation "
                            "for a single process)")
+
+
+def _check_local(z, mu, logvar, dataset_size, estimator, bank) -> None:
+    """This rank's own checks; as tcestim.decompose's, except that an empty batch (B_r = 0) is allowed."""
+    for name, t in (("z", z), ("mu", mu), ("logvar", logvar)):
+        check_tensor(name, t)
+        if t.dim() != 2 or t.shape[1] == 0:
+            raise ValueError(f"{name} must be 2-D (B, D) with D >= 1, got shape {tuple(t.shape)}")
+    for name, t in (("mu", mu), ("logvar", logvar)):
+        if t.shape != z.shape:
+            raise ValueError(f"{name} must have the shape of z {tuple(z.shape)}, got {tuple(t.shape)}")
+    check_same_dtype_device(z=z, mu=mu, logvar=logvar)
+    check_estimator(estimator)
+    if dataset_size is not None and not is_int(dataset_size):
+        raise TypeError(f"dataset_size must be an int or None, got {type(dataset_size).__name__}")
+    if bank is not None and bank.dim != z.shape[1]:
+        raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {z.shape[1]}")
+
+
+def _collective_device(z, group) -> torch.device:
+    if isinstance(z, torch.Tensor):
+        return z.device
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group) -> list[int]:
+    """Exchange what every rank was called with; raise the same error on every rank if any rank's
+    inputs are invalid or the ranks disagree. Returns the ranks' batch sizes."""
+    error = None
+    try:
+        _check_local(z, mu, logvar, dataset_size, estimator, bank)
+    except (TypeError, ValueError) as caught:
+        error = caught
+    if error is None:
+        needs_grad = torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad)
+        description = [0, z.shape[0], z.shape[1], _DTYPES.index(z.dtype),
+                       -1 if dataset_size is None else int(dataset_size), ESTIMATORS.index(estimator),
+                       0 if bank is None else len(bank), int(bool(jackknife)), int(needs_grad)]
+    else:
+        description = [1] + [-1] * 8
+    device = _collective_device(z, group)
+    world = dist.get_world_size(group)
+    gathered = [torch.zeros(len(description), dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(gathered, torch.tensor(description, dtype=torch.int64, device=device), group=group)
+    table = [g.tolist() for g in gathered]
+    failed = [rank for rank, row in enumerate(table) if row[0]]
+    if failed:
+        messages = [None] * world
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}", group=group)
+        details = "; ".join(f"rank {rank}: {messages[rank]}" for rank in failed)
+        raise ValueError(f"tcestim.distributed: invalid inputs on {len(failed)} of {world} ranks ({details})") \
+            from error
+    for column, name in enumerate(_AGREED, start=2):
+        values = [row[column] for row in table]
+        if len(set(values)) > 1:
+            shown = [_describe(name, v) for v in values]
+            raise ValueError(f"tcestim.distributed: the ranks disagree on {name}: "
+                             + ", ".join(f"rank {rank} has {v}" for rank, v in enumerate(shown))
+                             + " (every rank must pass the same " + name + ")")
+    return [row[1] for row in table]
+
+
+def _describe(name: str, value: int):
+    if name == "dtype":
+        return str(_DTYPES[value])
+    if name == "estimator":
+        return repr(ESTIMATORS[value])
+    if name == "dataset_size" and value < 0:
+        return "None"
+    if name == "jackknife" or name.startswith("whether"):
+        return bool(value)
+    return value
 
 
 def _batch_sizes(local: int, device: torch.device, group) -> list[int]:
@@ -64,18 +157,23 @@ def _all_gather_uneven(t: torch.Tensor, sizes: list[int], group) -> torch.Tensor
 
 def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknife, group):
     _require_initialised()
-    check_posterior(z, mu, logvar)
-    check_estimator(estimator)
+    sizes = _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group)
     dtype = compute_dtype(z.dtype)
     z, mu, logvar = z.to(dtype), mu.to(dtype), logvar.to(dtype)
-    sizes = _batch_sizes(z.shape[0], z.device, group)
     rank = dist.get_rank(group)
     offset, global_batch = sum(sizes[:rank]), sum(sizes)
+    if global_batch == 0:
+        raise ValueError("tcestim.distributed: every rank's batch is empty")
     N = resolve_dataset_size(dataset_size, global_batch)
     check_stratified_extensions(estimator, bank, jackknife)
     check_bank_dataset_size(bank, dataset_size, global_batch)
     mu_all = _all_gather_uneven(mu, sizes, group)
     logvar_all = _all_gather_uneven(logvar, sizes, group)
+    if z.shape[0] == 0:
+        # Nothing to estimate here, but the backward must still pass through the all-gathers
+        # (their reduce-scatter is a collective every rank joins).
+        anchor = 0.0 * (mu_all.sum() + logvar_all.sum())
+        return z, mu, logvar, anchor + z.new_zeros(0), anchor + z.new_zeros(0, z.shape[1]), global_batch
     if estimator == "stratified" or bank is not None or jackknife:
         if global_batch < 2 and (bank is None or len(bank) == 0):
             raise ValueError(f"estimator 'stratified' needs a global batch of at least 2, got {global_batch}")

@@ -70,3 +70,35 @@ def run(rank, world, sizes, init_file):
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def agreement(rank, world, case, init_file, result_dir):
+    """Each rank calls tcestim.distributed with its own (possibly wrong) inputs; every rank must
+    raise the same error (or all succeed), never hang. Writes what it saw to result_dir/rank.txt."""
+    import os
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    g = torch.Generator().manual_seed(rank)
+    B, D, dtype, N = 4, 3, torch.float64, 100
+    if case == "dim" and rank == 1:
+        D = 4
+    if case == "dtype" and rank == 1:
+        dtype = torch.float32
+    if case == "dataset_size" and rank == 0:
+        N = 200
+    if case == "empty" and rank == 0:
+        B = 0
+    z = torch.randn(B, D, generator=g).to(dtype).requires_grad_()
+    mu, logvar = z + 0.1, torch.zeros(B, D, dtype=dtype)
+    if case == "grad" and rank == 1:
+        mu = mu.detach()
+    if case == "invalid" and rank == 1:
+        logvar = torch.zeros(B, D + 1, dtype=dtype)
+    try:
+        tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=N)
+        tc.backward()
+        outcome = f"ok {float(tc.detach()):.12f} grad {tuple(z.grad.shape)}"
+    except ValueError as error:
+        outcome = f"ValueError {error}"
+    with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()

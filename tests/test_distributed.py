@@ -40,3 +40,31 @@ def test_example_script_runs_under_torchrun():
                           script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "global-batch TC" in out.stdout
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("dim", "the ranks disagree on D: rank 0 has 3, rank 1 has 4"),
+    ("dtype", "the ranks disagree on dtype: rank 0 has torch.float64, rank 1 has torch.float32"),
+    ("dataset_size", "the ranks disagree on dataset_size: rank 0 has 200, rank 1 has 100"),
+    ("invalid", "invalid inputs on 1 of 2 ranks (rank 1: ValueError: logvar must have the shape of z"),
+    ("grad", "the ranks disagree on whether mu/logvar need gradients: rank 0 has True, rank 1 has False"),
+])
+def test_ranks_that_disagree_all_raise_the_same_error(case, expected, tmp_path):
+    mp.spawn(distributed_worker.agreement, args=(2, case, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+             join=True)
+    outcomes = [(tmp_path / f"{rank}.txt").read_text() for rank in range(2)]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("ValueError tcestim.distributed:") and expected in outcomes[0]
+
+
+def test_a_rank_with_an_empty_batch_takes_part(tmp_path):
+    mp.spawn(distributed_worker.agreement, args=(2, "empty", str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+             join=True)
+    empty, full = ((tmp_path / f"{rank}.txt").read_text() for rank in range(2))
+    assert empty.startswith("ok ") and full.startswith("ok ")
+    assert empty.split()[1] == full.split()[1]           # the same global value on both ranks
+    assert "grad (0, 3)" in empty and "grad (4, 3)" in full
+    g = torch.Generator().manual_seed(1)
+    z = torch.randn(4, 3, generator=g).double()
+    single = tcestim.total_correlation(z, z + 0.1, torch.zeros(4, 3, dtype=torch.float64), dataset_size=100)
+    assert float(full.split()[1]) == pytest.approx(float(single), abs=1e-12)
