@@ -245,12 +245,6 @@ def _row_means(log_a_self: torch.Tensor, log_c_others: torch.Tensor, with_pairs:
     return theta, loo.mean(1), pair_sum / math.comb(n, 2)
 
 
-def _corrected_rows(log_a_self: torch.Tensor, log_c_others: torch.Tensor, population: int,
-                    order: int) -> torch.Tensor:
-    """Jackknifed log(a_self + sum_k c_others_k) per row (see :func:`_row_means`)."""
-    return _corrected_rows_by_order(log_a_self, log_c_others, population, (order,))[order]
-
-
 def _corrected_rows_by_order(log_a_self, log_c_others, population: int, orders) -> dict:
     n = log_c_others.shape[1]
     effective = {order: min(order, n - 1) for order in orders}

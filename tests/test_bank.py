@@ -117,3 +117,52 @@ def test_bank_keeps_fifo_order_when_its_dtype_changes():
     bank.update(torch.tensor([[5.0]], dtype=torch.float64), torch.tensor([[0.0]], dtype=torch.float64))
     assert sorted(bank.mu[:, 0].tolist()) == [3.0, 4.0, 5.0]
     assert bank.mu.dtype == torch.float64
+
+
+def test_bank_state_dict_round_trips_through_a_weights_only_file(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    bank = tcestim.MemoryBank(8, 2)
+    bank.update(torch.randn(10, 2, generator=g), torch.randn(10, 2, generator=g))  # wraps around
+    bank.update(torch.randn(3, 2, generator=g), torch.randn(3, 2, generator=g))
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    restored = tcestim.MemoryBank(8, 2)
+    restored.load_state_dict(torch.load(tmp_path / "bank.pt", weights_only=True))
+    assert len(restored) == len(bank) == 8
+    assert torch.equal(restored.mu, bank.mu) and torch.equal(restored.logvar, bank.logvar)
+    z = torch.randn(5, 2, generator=g)
+    assert torch.equal(tcestim.total_correlation(z, z, torch.zeros(5, 2), dataset_size=100, bank=restored),
+                       tcestim.total_correlation(z, z, torch.zeros(5, 2), dataset_size=100, bank=bank))
+    newest = torch.full((2, 2), 7.0)
+    bank.update(newest, newest)
+    restored.update(newest, newest)
+    assert torch.equal(restored.mu, bank.mu)                       # same eviction order
+    partial = tcestim.MemoryBank(8, 2)
+    partial.update(torch.ones(5, 2), torch.zeros(5, 2))
+    again = tcestim.MemoryBank(8, 2)
+    again.load_state_dict(partial.state_dict())
+    assert len(again) == 5 and torch.equal(again.mu, partial.mu)
+
+
+def test_bank_load_state_dict_refuses_a_mismatch():
+    state = tcestim.MemoryBank(8, 2).state_dict()
+    with pytest.raises(ValueError, match="size=8, dim=2; this bank has size=8, dim=3"):
+        tcestim.MemoryBank(8, 3).load_state_dict(state)
+    with pytest.raises(ValueError, match="keys size, dim, mu, logvar, next"):
+        tcestim.MemoryBank(8, 2).load_state_dict({"size": 8})
+    state = dict(state, mu=torch.zeros(3, 2), logvar=torch.zeros(3, 2), next=1)
+    with pytest.raises(ValueError, match="ring position next=1 does not fit 3"):
+        tcestim.MemoryBank(8, 2).load_state_dict(state)
+
+
+def test_bank_updates_in_and_out_of_inference_mode():
+    bank = tcestim.MemoryBank(8, 2)
+    with torch.inference_mode():
+        bank.update(torch.ones(3, 2), torch.zeros(3, 2))
+    bank.update(torch.full((2, 2), 2.0), torch.zeros(2, 2))
+    with torch.inference_mode():
+        bank.update(torch.full((1, 2), 3.0), torch.zeros(1, 2))
+    bank.update(torch.full((1, 2), 4.0), torch.zeros(1, 2))
+    assert bank.mu[:, 0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 3.0, 4.0]
+    z = torch.randn(4, 2, requires_grad=True)
+    tcestim.total_correlation(z, z * 1.0, torch.zeros(4, 2), dataset_size=100, bank=bank).backward()
+    assert z.grad is not None and torch.isfinite(z.grad).all()

@@ -6,8 +6,16 @@ import pytest
 import torch
 
 import tcestim
-from tcestim.metrics import (MIG, MIGDetails, discrete_entropy, discrete_mutual_information, hoyer_sparsity,
-                             mig, mutual_information_matrix, tc_of_means_vs_samples)
+from tcestim.metrics import (
+    MIG,
+    MIGDetails,
+    discrete_entropy,
+    discrete_mutual_information,
+    hoyer_sparsity,
+    mig,
+    mutual_information_matrix,
+    tc_of_means_vs_samples,
+)
 
 METHODS = ("chen", "discrete")
 SIZES = (5, 6, 8)

@@ -175,3 +175,26 @@ def test_infinite_logvar_component_contributes_nothing(dtype):
                                            log_weights=w[:, [0, 2, 3, 4, 5]].contiguous())
     close(got[0], no_j[0], **tol)
     close(got[1][:, 2], no_j[1][:, 2], **tol)
+
+
+def test_log_weights_must_be_representable_in_the_compute_dtype():
+    z, mu, logvar = torch.randn(4, 2), torch.randn(5, 2), torch.zeros(5, 2)
+    for weight in (1e39, -1e39):
+        with pytest.raises(ValueError, match=r"log_weights must be representable in torch.float32"):
+            tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=weight)
+    qz, _ = tcestim.log_aggregate_posterior(z.double(), mu.double(), logvar.double(), log_weights=1e39)
+    assert torch.isfinite(qz).all()                       # fine in float64
+    qz, _ = tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=float("-inf"))
+    assert torch.isneginf(qz).all()                       # -inf is a zero weight, not an overflow
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 1e300], ids=["nan", "inf", "overflows-float32"])
+def test_dense_log_weights_with_nan_or_inf_raise(bad):
+    z, mu, logvar = torch.randn(4, 2), torch.randn(5, 2), torch.zeros(5, 2)
+    w = torch.zeros(4, 5, dtype=torch.float64)
+    w[2, 3] = bad
+    with pytest.raises(ValueError, match=r"log_weights must be finite or -inf .* at \(2, 3\)"):
+        tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=w)
+    w[2, 3] = float("-inf")
+    qz, qzd = tcestim.log_aggregate_posterior(z, mu, logvar, log_weights=w.float())
+    assert torch.isfinite(qz).all() and torch.isfinite(qzd).all()

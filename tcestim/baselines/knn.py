@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tcestim._validation import check_matrix
+from tcestim._validation import check_int, check_matrix
 
 
 def knn_total_correlation(z, *, k: int = 3) -> torch.Tensor:
@@ -31,8 +31,7 @@ def knn_total_correlation(z, *, k: int = 3) -> torch.Tensor:
     z = check_matrix("z", z, "(N, D)")
     samples = z.detach().cpu().double().numpy()
     N, D = samples.shape
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < N:
-        raise ValueError(f"k must be an int in [1, N) = [1, {N}), got {k!r}")
+    k = check_int("k", k, minimum=1, maximum=N - 1)
     distances, _ = cKDTree(samples).query(samples, k=k + 1, p=np.inf)
     eps = distances[:, k]
     total = 0.0

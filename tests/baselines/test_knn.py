@@ -23,8 +23,11 @@ def test_knn_tc_of_one_dimension_is_near_zero():
 
 def test_knn_validation():
     x, _ = gaussian_samples(10, 0.0)
-    for bad in (0, 10, 2.5, True):
-        with pytest.raises(ValueError, match=r"k must be an int in \[1, N\)"):
+    for bad, low in ((0, "k must be >= 1"), (10, "k must be <= 9")):
+        with pytest.raises(ValueError, match=low):
+            knn_total_correlation(x, k=bad)
+    for bad in (2.5, True):
+        with pytest.raises(TypeError, match="k must be an int"):
             knn_total_correlation(x, k=bad)
     with pytest.raises(ValueError, match="z must be 2-D"):
         knn_total_correlation(x[:, 0])
