@@ -32,7 +32,7 @@ from tcestim import (
     _ops,  # noqa: F401  (registers autograd and fake kernels)
 )
 from tcestim._extension import cpu_isa, extension_available, set_cpu_isa, supported_cpu_isas
-from tcestim.bank import MemoryBank
+from tcestim.bank import DatasetBank, MemoryBank
 from tcestim.bracket import tc_bracket
 from tcestim.estimators import KLDecomposition, decompose, total_correlation
 from tcestim.exact import decompose_exact
@@ -44,6 +44,7 @@ __version__ = "0.2.0"
 
 __all__ = [
     "ESTIMATORS",
+    "DatasetBank",
     "KLDecomposition",
     "MemoryBank",
     "StructuredLogWeights",

@@ -38,12 +38,11 @@ import torch.distributed.nn.functional as dist_fn
 
 from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_same_dtype_device, check_tensor, compute_dtype, is_int
-from tcestim.bank import bank_components
+from tcestim.bank import DatasetBank, DatasetBankBatch, bank_components, check_bank_dataset_size
 from tcestim.estimators import (
     KLDecomposition,
     Prior,
     assemble_decomposition,
-    check_bank_dataset_size,
     check_stratified_extensions,
     stratified_log_densities,
 )
@@ -81,6 +80,10 @@ def _check_local(z, mu, logvar, dataset_size, estimator, bank) -> None:
         raise TypeError(f"dataset_size must be an int or None, got {type(dataset_size).__name__}")
     if bank is not None and bank.dim != z.shape[1]:
         raise ValueError(f"bank holds encodings of width {bank.dim}, but z has D = {z.shape[1]}")
+    if isinstance(bank, DatasetBank):
+        raise TypeError("a DatasetBank needs the batch's dataset indices: pass bank=bank.for_batch(indices)")
+    if isinstance(bank, DatasetBankBatch) and bank.indices.shape[0] != z.shape[0]:
+        raise ValueError(f"the bank's batch has {bank.indices.shape[0]} indices, but z has B = {z.shape[0]} rows")
 
 
 def _collective_device(z, group) -> torch.device:
@@ -103,7 +106,7 @@ def _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group) -> li
         needs_grad = torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad)
         description = [0, z.shape[0], z.shape[1], _DTYPES.index(z.dtype),
                        -1 if dataset_size is None else int(dataset_size), ESTIMATORS.index(estimator),
-                       0 if bank is None else len(bank), int(bool(jackknife)), int(needs_grad)]
+                       _bank_length(bank), int(bool(jackknife)), int(needs_grad)]
     else:
         description = [1] + [-1] * 8
     device = _collective_device(z, group)
@@ -126,6 +129,22 @@ def _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group) -> li
                              + ", ".join(f"rank {rank} has {v}" for rank, v in enumerate(shown))
                              + " (every rank must pass the same " + name + ")")
     return [row[1] for row in table]
+
+
+def _bank_length(bank) -> int:
+    if bank is None:
+        return 0
+    return len(bank.bank) if isinstance(bank, DatasetBankBatch) else len(bank)
+
+
+def _gather_indices(indices: torch.Tensor, sizes: list[int], device, group) -> torch.Tensor:
+    """Every rank's dataset indices, concatenated in rank order (int64, on the CPU)."""
+    longest = max(sizes)
+    padded = torch.full((longest,), -1, dtype=torch.int64, device=device)
+    padded[: indices.shape[0]] = indices.to(device)
+    parts = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded, group=group)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]).cpu()
 
 
 def _describe(name: str, value: int):
@@ -169,6 +188,11 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
     check_bank_dataset_size(bank, dataset_size, global_batch)
     mu_all = _all_gather_uneven(mu, sizes, group)
     logvar_all = _all_gather_uneven(logvar, sizes, group)
+    if isinstance(bank, DatasetBankBatch):
+        # Every rank's own slots are left out: gather the global batch's indices, rotated like the
+        # components below. (The index counts were agreed on in _check_local.)
+        everyone = _gather_indices(bank.indices, sizes, z.device, group)
+        bank = DatasetBankBatch(bank.bank, torch.roll(everyone, -offset, 0))
     if z.shape[0] == 0:
         # Nothing to estimate here, but the backward must still pass through the all-gathers
         # (their reduce-scatter is a collective every rank joins).
@@ -179,9 +203,10 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
             raise ValueError(f"estimator 'stratified' needs a global batch of at least 2, got {global_batch}")
         # Rotate so that this rank's query i finds its own encoding at component row i.
         comp_mu, comp_logvar = torch.roll(mu_all, -offset, 0), torch.roll(logvar_all, -offset, 0)
+        others = global_batch - 1
         if bank is not None:
-            comp_mu, comp_logvar = bank_components(bank, comp_mu, comp_logvar)
-        log_qz, log_qzd = stratified_log_densities(z, comp_mu, comp_logvar, N, jackknife)
+            comp_mu, comp_logvar, others = bank_components(bank, comp_mu, comp_logvar)
+        log_qz, log_qzd = stratified_log_densities(z, comp_mu, comp_logvar, N, jackknife, others)
     else:
         weights = estimator_log_weights(estimator, global_batch, N, dtype=dtype, device=z.device)
         rows = torch.arange(offset, offset + z.shape[0], device=z.device)
@@ -221,11 +246,20 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
 
 
 @torch.no_grad()
-def update_bank(bank, mu, logvar, *, group=None) -> None:
+def update_bank(bank, mu, logvar, *, indices=None, group=None) -> None:
     """Push the whole global batch (every rank's mu, logvar) into ``bank`` on every rank.
 
-    Keeps the banks of all ranks identical, which the global estimator assumes.
+    Keeps the banks of all ranks identical, which the global estimator assumes. A
+    :class:`tcestim.DatasetBank` needs this rank's dataset ``indices`` (B_r,): every rank writes the
+    slots of every rank's batch.
     """
     _require_initialised()
     sizes = _batch_sizes(mu.shape[0], mu.device, group)
-    bank.update(_all_gather_uneven(mu.detach(), sizes, group), _all_gather_uneven(logvar.detach(), sizes, group))
+    all_mu = _all_gather_uneven(mu.detach(), sizes, group)
+    all_logvar = _all_gather_uneven(logvar.detach(), sizes, group)
+    if isinstance(bank, DatasetBank):
+        if indices is None:
+            raise TypeError("update_bank(DatasetBank, ...) needs this rank's dataset indices: indices=")
+        bank.update(_gather_indices(bank._indices(indices, mu.shape[0]), sizes, mu.device, group), all_mu, all_logvar)
+    else:
+        bank.update(all_mu, all_logvar)

@@ -14,7 +14,7 @@ import torch
 
 from tcestim._ops import mixture_logdensity
 from tcestim._validation import check_posterior, compute_dtype
-from tcestim.bank import bank_components
+from tcestim.bank import DatasetBankBatch, bank_components, check_bank_dataset_size
 from tcestim.gaussian import log_normal_diag
 from tcestim.priors import prior_log_prob
 from tcestim.weights import check_estimator, estimator_log_weights, resolve_dataset_size, stratified_log_weights
@@ -51,21 +51,13 @@ _TERMS = ("mi", "tc", "dimkl")
 
 
 def check_stratified_extensions(estimator: str, bank, jackknife: bool) -> None:
-    """bank= and jackknife=True are defined for the stratified weights only."""
+    """bank= and jackknife=True are defined for the stratified weights only; the jackknife corrects a
+    sample of the other data points, which a DatasetBank is not (it holds them all)."""
     if (bank is not None or jackknife) and estimator != "stratified":
         raise ValueError(f"bank= and jackknife=True need estimator='stratified', got {estimator!r}")
-
-
-def check_bank_dataset_size(bank, dataset_size, batch_size: int) -> None:
-    """A bank holds other data points: N must be given and leave room for them."""
-    if bank is None or len(bank) == 0:
-        return
-    if dataset_size is None:
-        raise ValueError("dataset_size must be given with a non-empty bank (None would mean the batch "
-                         "is the whole dataset)")
-    if dataset_size < batch_size + len(bank):
-        raise ValueError(f"dataset_size must be >= batch size + len(bank) = {batch_size + len(bank)} "
-                         f"(the bank holds other data points), got {dataset_size}")
+    if jackknife and isinstance(bank, DatasetBankBatch):
+        raise ValueError("jackknife=True corrects a sample of the other data points (a MemoryBank); a DatasetBank "
+                         "holds every data point, so it needs no jackknife: drop jackknife=True")
 
 
 def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stratified", bank=None,
@@ -85,21 +77,24 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
     if bank is None and not jackknife:
         weights = estimator_log_weights(estimator, B, N, dtype=dtype, device=z.device)
         return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
-    components_mu, components_logvar = (mu, logvar) if bank is None else bank_components(bank, mu, logvar)
-    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife))
+    components_mu, components_logvar, others = ((mu, logvar, B - 1) if bank is None
+                                                else bank_components(bank, mu, logvar))
+    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife, others))
 
 
-def stratified_log_densities(z, components_mu, components_logvar, dataset_size: int, jackknife: bool = False):
+def stratified_log_densities(z, components_mu, components_logvar, dataset_size: int, jackknife: bool = False,
+                             num_others: Optional[int] = None):
     """Stratified (log_qz, log_qzd) with query i's own encoding at component row i.
 
-    Every other component (batch mates, other ranks' batches, a memory bank) weighs
-    (N - 1) / (N (K - 1)); the own one 1/N.
+    Every other component (batch mates, other ranks' batches, a bank) weighs (N - 1) / (N num_others);
+    the own one 1/N. ``num_others`` defaults to K - 1; it is smaller when components are masked out
+    (a DatasetBank's unwritten and own slots, of density 0).
     """
     N = dataset_size
     if jackknife:
         from tcestim.jackknife import jackknife_log_densities
         return jackknife_log_densities(z, components_mu, components_logvar, N)
-    others = components_mu.shape[0] - 1
+    others = components_mu.shape[0] - 1 if num_others is None else num_others
     if others < 1:
         raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
                          f"got {components_mu.shape[0]} component(s)")
@@ -133,8 +128,10 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
         estimator: one of :data:`tcestim.ESTIMATORS`.
         prior: factorised prior: None (standard normal), a torch Distribution whose ``log_prob``
             is elementwise, or a callable ``z -> (B, D)`` of per-dimension log densities.
-        bank: a :class:`tcestim.MemoryBank` of past encodings to add as components ("stratified"
-            weights: own component 1/N, every other (N - 1) / (N (B - 1 + K))).
+        bank: past encodings to add as components ("stratified" weights: own component 1/N, every
+            other (N - 1) / (N (B - 1 + K)), K the bank's components): a :class:`tcestim.MemoryBank`,
+            or ``dataset_bank.for_batch(indices)`` of a :class:`tcestim.DatasetBank` (the batch's
+            own slots are left out; a full, fresh one gives the exact aggregate posterior).
         jackknife: second-order finite-population jackknife correction of log q(z) and log q(z_d)
             from the leave-one- and leave-two-component-out estimates ("stratified" only; needs
             at least 3 components, first order with exactly 3; no correction when batch + bank
@@ -158,7 +155,8 @@ def total_correlation(z, mu, logvar, *, dataset_size: Optional[int] = None,
         dataset_size: N >= B; None means N = B.
         estimator: "stratified" (default), "mss", "mws" or "mss-legacy" (see :mod:`tcestim.weights`).
             "mws" is offset by about (D - 1) log N in value (its gradients are fine).
-        bank: a :class:`tcestim.MemoryBank`: past encodings join the components (see :func:`decompose`).
+        bank: a :class:`tcestim.MemoryBank` or ``DatasetBank.for_batch(indices)``: past encodings join
+            the components (see :func:`decompose`).
         jackknife: second-order jackknife bias correction ("stratified" only; see :func:`decompose`).
 
     Returns:

@@ -63,6 +63,26 @@ def run(rank, world, sizes, init_file):
                                      jackknife=jackknife)
             for field in ("mi", "tc", "dimkl", "log_qzd"):
                 close(getattr(rows, field), getattr(full, field)[local], f"{name} decompose.{field}")
+        # A DatasetBank: each rank passes its own indices; the global batch's slots are all left out.
+        N = 40
+        g = torch.Generator().manual_seed(99)
+        index_all = torch.randperm(N, generator=g)[: sum(sizes)]
+        dbank = tcestim.DatasetBank(N, dim)
+        written = torch.arange(0, N, 3)
+        dbank.update(written, torch.randn(len(written), dim, generator=g, dtype=torch.float64),
+                     torch.zeros(len(written), dim, dtype=torch.float64))
+        z, mu, lv = (t[local].clone().requires_grad_() for t in (z_all, mu_all, lv_all))
+        tc = tcestim.distributed.total_correlation(z, mu, lv, dataset_size=N, bank=dbank.for_batch(index_all[local]))
+        tc.backward()
+        zr, mur, lvr = (t.clone().requires_grad_() for t in (z_all, mu_all, lv_all))
+        ref = tcestim.total_correlation(zr, mur, lvr, dataset_size=N, bank=dbank.for_batch(index_all))
+        ref.backward()
+        name = f"rank {rank}/{world} DatasetBank"
+        close(tc.detach(), ref.detach(), name + " value")
+        for got, want, what in ((z.grad, zr.grad[local], "grad z"), (mu.grad, mur.grad[local], "grad mu")):
+            close(got, want, f"{name} {what}")
+        tcestim.distributed.update_bank(dbank, mu_all[local], lv_all[local], indices=index_all[local])
+        close(dbank.mu[index_all], mu_all, f"{name} update_bank")
         # update_bank gives every rank the same bank: the whole global batch
         bank = tcestim.MemoryBank(100, dim)
         tcestim.distributed.update_bank(bank, mu_all[local], lv_all[local])

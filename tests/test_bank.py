@@ -166,3 +166,117 @@ def test_bank_updates_in_and_out_of_inference_mode():
     z = torch.randn(4, 2, requires_grad=True)
     tcestim.total_correlation(z, z * 1.0, torch.zeros(4, 2), dataset_size=100, bank=bank).backward()
     assert z.grad is not None and torch.isfinite(z.grad).all()
+
+
+# ----------------------------------------------------------------------------------------------
+# DatasetBank: one slot per data point
+
+
+def dataset(N=40, D=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(N, D, generator=g, dtype=torch.float64)
+    logvar = 0.4 * torch.randn(N, D, generator=g, dtype=torch.float64) - 1.0
+    return mu, logvar, g
+
+
+def test_a_full_fresh_dataset_bank_is_the_exact_decomposition():
+    mu_all, logvar_all, g = dataset()
+    N = mu_all.shape[0]
+    bank = tcestim.DatasetBank(N, 3)
+    bank.update(torch.arange(N), mu_all, logvar_all)
+    index = torch.randperm(N, generator=g)[:8]
+    mu, logvar = mu_all[index], logvar_all[index]
+    z = mu + (0.5 * logvar).exp() * torch.randn(8, 3, generator=g, dtype=torch.float64)
+    got = tcestim.decompose(z, mu, logvar, dataset_size=N, bank=bank.for_batch(index))
+    exact = tcestim.decompose_exact(z, mu, logvar, mu_all, logvar_all)
+    for name in ("mi", "tc", "dimkl", "log_qz", "log_qzd"):
+        torch.testing.assert_close(getattr(got, name), getattr(exact, name), rtol=1e-12, atol=1e-12)
+
+    def tc(z, mu, logvar):
+        return tcestim.total_correlation(z, mu, logvar, dataset_size=N, bank=bank.for_batch(index))
+
+    assert torch.autograd.gradcheck(tc, [t.clone().requires_grad_(True) for t in (z, mu, logvar)])
+
+
+def test_dataset_bank_weights_against_the_reference():
+    """Partly filled, with stale copies of the batch in its own slots: own 1/N, each filled slot
+    outside the batch and each batch mate (N - 1) / (N (B - 1 + F))."""
+    mu_all, logvar_all, g = dataset(N=30)
+    N, B = 30, 5
+    bank = tcestim.DatasetBank(N, 3)
+    filled = torch.tensor([0, 2, 3, 5, 8, 13, 21, 22, 29])
+    bank.update(filled, mu_all[filled], logvar_all[filled])
+    index = torch.tensor([3, 4, 13, 17, 25])            # 3 and 13 are filled: stale own slots
+    mu = mu_all[index] + 0.05                          # the batch's fresh encodings differ from the bank's
+    logvar = logvar_all[index]
+    z = mu + 0.3 * torch.randn(B, 3, generator=g, dtype=torch.float64)
+    log_qz, log_qzd = tcestim.decompose(z, mu, logvar, dataset_size=N, bank=bank.for_batch(index))[4:6]
+    others = [i for i in filled.tolist() if i not in index.tolist()]      # F = 7
+    comp_mu = torch.cat([mu, mu_all[others]]).numpy()
+    comp_logvar = torch.cat([logvar, logvar_all[others]]).numpy()
+    w = np.full((B, B + len(others)), (N - 1) / (N * (B - 1 + len(others))))
+    np.fill_diagonal(w[:, :B], 1.0 / N)
+    want_qz, want_qzd = reference.mixture_logdensity(z.numpy(), comp_mu, comp_logvar, np.log(w))
+    np.testing.assert_allclose(log_qz.numpy(), want_qz, rtol=1e-12)
+    np.testing.assert_allclose(log_qzd.numpy(), want_qzd, rtol=1e-12)
+    empty = tcestim.DatasetBank(N, 3)                  # nothing written yet: the plain stratified estimate
+    torch.testing.assert_close(
+        tcestim.total_correlation(z, mu, logvar, dataset_size=N, bank=empty.for_batch(index)),
+        tcestim.total_correlation(z, mu, logvar, dataset_size=N), rtol=1e-12, atol=1e-12)
+
+
+def test_dataset_bank_updates_in_place_and_follows_device_and_dtype(tmp_path):
+    bank = tcestim.DatasetBank(6, 2)
+    assert len(bank) == 0 and torch.isinf(bank.logvar).all()
+    with torch.inference_mode():
+        bank.update(torch.tensor([1, 4]), torch.ones(2, 2), torch.zeros(2, 2))
+    x = torch.full((1, 2), 2.0, requires_grad=True)
+    bank.update([4], x * 1.0, torch.zeros(1, 2))
+    assert len(bank) == 2 and bank.filled.tolist() == [False, True, False, False, True, False]
+    assert bank.mu[4].tolist() == [2.0, 2.0] and not bank.mu.requires_grad
+    bank.update(torch.tensor([0]), torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64))
+    assert bank.mu.dtype == torch.float64 and bank.mu[1].tolist() == [1.0, 1.0]      # old slots kept
+    torch.save(bank.state_dict(), tmp_path / "bank.pt")
+    again = tcestim.DatasetBank(6, 2)
+    again.load_state_dict(torch.load(tmp_path / "bank.pt", weights_only=True))
+    assert len(again) == 3 and torch.equal(again.mu, bank.mu) and torch.equal(again.logvar, bank.logvar)
+    bank.reset()
+    assert len(bank) == 0 and torch.isinf(bank.logvar).all()
+
+
+def test_dataset_bank_arguments():
+    bank = tcestim.DatasetBank(10, 2)
+    z = torch.randn(3, 2)
+    with pytest.raises(TypeError, match=r"needs the batch's dataset indices: pass bank=bank.for_batch\(indices\)"):
+        tcestim.total_correlation(z, z, z, dataset_size=10, bank=bank)
+    with pytest.raises(ValueError, match="dataset_size must be the DatasetBank's dataset_size 10, got 20"):
+        tcestim.total_correlation(z, z, z, dataset_size=20, bank=bank.for_batch([0, 1, 2]))
+    with pytest.raises(ValueError, match="the bank's batch has 2 indices, but z has B = 3 rows"):
+        tcestim.total_correlation(z, z, z, dataset_size=10, bank=bank.for_batch([0, 1]))
+    with pytest.raises(ValueError, match="DatasetBank holds every data point, so it needs no jackknife"):
+        tcestim.total_correlation(z, z, z, dataset_size=10, bank=bank.for_batch([0, 1, 2]), jackknife=True)
+    with pytest.raises(ValueError, match="indices must be distinct"):
+        bank.for_batch([1, 1, 2])
+    with pytest.raises(ValueError, match=r"indices must be in \[0, 10\), got values in \[0, 10\]"):
+        bank.update(torch.tensor([0, 10, 2]), z, z)
+    with pytest.raises(TypeError, match="indices must be a 1-D integer tensor"):
+        bank.for_batch(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"indices must have one entry per batch member \(3\), got 2"):
+        bank.update(torch.tensor([0, 1]), z, z)
+    with pytest.raises(ValueError, match="dataset_size must be >= 2"):
+        tcestim.DatasetBank(1, 2)
+    with pytest.raises(ValueError, match="dataset_size=10, dim=2; this bank has dataset_size=10, dim=3"):
+        tcestim.DatasetBank(10, 3).load_state_dict(bank.state_dict())
+
+
+def test_objectives_take_a_dataset_bank():
+    from tcestim import losses
+    mu_all, logvar_all, g = dataset(N=20)
+    bank = tcestim.DatasetBank(20, 3)
+    bank.update(torch.arange(20), mu_all, logvar_all)
+    index = torch.arange(5)
+    z = mu_all[:5] + 0.1
+    objective = losses.beta_tcvae(-torch.ones(5, dtype=torch.float64), z, mu_all[:5], logvar_all[:5],
+                                  dataset_size=20, bank=bank.for_batch(index))
+    exact = tcestim.decompose_exact(z, mu_all[:5], logvar_all[:5], mu_all, logvar_all)
+    torch.testing.assert_close(objective.terms["tc"], exact.tc.mean(), rtol=1e-12, atol=1e-12)

@@ -134,7 +134,7 @@ def run_estimators(posterior, batch_size: int, config: StudyConfig, generator: t
     bank_index = order[batch_size: batch_size + config.bank_size]
     bank.update(posterior.mu[bank_index], posterior.logvar[bank_index])
     yield row("bank", **_mixture_parts(z, mu, logvar, N, "stratified", bank=bank))
-    jackknifed = jackknife_log_densities_by_order(z, *bank_components(bank, mu, logvar), N)
+    jackknifed = jackknife_log_densities_by_order(z, *bank_components(bank, mu, logvar)[:2], N)
     yield row("bank+jackknife", **_parts(*jackknifed[2]))
     yield row("bank+jackknife1", **_parts(*jackknifed[1]))
     lower, upper = tc_bracket(z, mu, logvar, dataset_size=N)
