@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import torch
 
 from tcestim import losses, metrics, priors
+from tcestim.bank import DatasetBank, MemoryBank
 from tcestim.exact import decompose_exact
 from tcestim.experiments import data as datasets
 from tcestim.experiments import models, runs
@@ -97,7 +98,7 @@ def build_prior(args):
     return priors.SpikeAndSlab(args.latent_dim, gamma=0.8)
 
 
-def objective(args, prior, log_px, out, dataset_size):
+def objective(args, prior, log_px, out, dataset_size, bank=None):
     """The command line takes each paper's own symbols (--alpha, --beta, --gamma, --eta); this maps
     them onto tcestim.losses' weights, as the table in that module's docstring says."""
     z, mu, logvar = out.z, out.mu, out.logvar
@@ -106,13 +107,22 @@ def objective(args, prior, log_px, out, dataset_size):
     if args.objective == "beta-tcvae":
         return losses.beta_tcvae(log_px, z, mu, logvar, dataset_size=dataset_size, mi_weight=args.alpha,
                                  tc_weight=args.beta, dimkl_weight=args.gamma, estimator=args.estimator,
-                                 prior=prior)
+                                 prior=prior, bank=bank)
     if args.objective == "rtc-vae":
         return losses.rtc_vae(log_px, z, mu, logvar, dataset_size=dataset_size, tc_weight=1.0 + args.beta,
-                              variance_weight=args.eta, estimator=args.estimator, prior=prior)
+                              variance_weight=args.eta, estimator=args.estimator, prior=prior, bank=bank)
     return losses.decomposition_objective(log_px, z, mu, logvar, dataset_size=dataset_size, kl_weight=args.beta,
                                           divergence_weight=args.alpha, divergence=args.divergence, prior=prior,
-                                          estimator=args.estimator)
+                                          estimator=args.estimator, bank=bank)
+
+
+def build_bank(args, size: int):
+    """None, a FIFO MemoryBank of --bank-size encodings, or a DatasetBank with a slot per data point."""
+    if args.bank == "fifo":
+        return MemoryBank(args.bank_size, args.latent_dim)
+    if args.bank == "dataset":
+        return DatasetBank(size, args.latent_dim)
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +250,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="β-TCVAE's MI weight; the divergence weight of decomposition")
     parser.add_argument("--gamma", type=weight, default=1.0, help="β-TCVAE's dimension-wise KL weight")
     parser.add_argument("--eta", type=weight, default=0.0, help="RTC-VAE variance penalty")
+    parser.add_argument("--bank", choices=("none", "fifo", "dataset"), default="none",
+                        help="past encodings as extra mixture components: a FIFO of --bank-size, or one slot "
+                             "per data point (the exact aggregate posterior up to staleness)")
+    parser.add_argument("--bank-size", type=runs.positive_int, default=4096, help="for --bank fifo")
     parser.add_argument("--prior", choices=PRIORS, default="normal")
     parser.add_argument("--latent-dim", type=runs.positive_int, default=10)
     parser.add_argument("--image-size", type=runs.int_at_least(4), default=64)
@@ -273,6 +287,13 @@ def _check_plotting(args) -> None:
 def _check_sizes(args, n: int) -> None:
     if args.batch_size > n:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the data set ({n} points)")
+    if args.bank != "none":
+        if args.objective == "beta-vae" or args.estimator != "stratified":
+            raise SystemExit("error: --bank needs an objective with a TC estimate (not beta-vae) and --estimator "
+                             "stratified")
+        if args.bank == "fifo" and args.batch_size + args.bank_size > n:
+            raise SystemExit(f"error: --batch-size + --bank-size ({args.batch_size + args.bank_size}) must fit in "
+                             f"the data set ({n} points)")
     if args.eval_points is None:
         args.eval_points = min(4096, n)
     elif args.eval_points > n:
@@ -355,6 +376,7 @@ def train(args) -> dict:
     parameters = list(model.parameters()) + (list(prior.parameters()) if prior is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=args.lr)
     sampler = EpochSampler(len(data), args.batch_size, args.seed)
+    bank = build_bank(args, len(data))
     noise = torch.Generator().manual_seed(args.seed + 2)  # the reparameterisation's samples
     first_step, history = 1, []
     if state is not None:
@@ -364,6 +386,8 @@ def train(args) -> dict:
         optimiser.load_state_dict(state["optimiser"])
         sampler.load_state_dict(state["sampler"])
         noise.set_state(state["noise"])
+        if bank is not None:
+            bank.load_state_dict(state["bank"])
         torch.set_rng_state(state["torch_rng"])
         first_step = state["step"] + 1
         history = [r for r in runs.read_json_lines(metrics_path) if r.get("step", math.inf) <= state["step"]]
@@ -375,9 +399,11 @@ def train(args) -> dict:
         steps = tqdm(steps, desc=f"train {args.objective}", unit="step", initial=first_step - 1, total=args.steps)
     start = time.perf_counter()
     for step in steps:
-        x = data.images(sampler.next())
+        index = sampler.next()
+        x = data.images(index)
         out = model(x, noise)
-        result = objective(args, prior, log_likelihood(args, out.recon, x), out, len(data))
+        seen = bank.for_batch(index) if isinstance(bank, DatasetBank) else bank
+        result = objective(args, prior, log_likelihood(args, out.recon, x), out, len(data), seen)
         loss = float(result.loss.detach())
         if not math.isfinite(loss):
             kept = f"the last good checkpoint (step {history[-1]['step']}) is kept in {checkpoint_path}" \
@@ -387,6 +413,10 @@ def train(args) -> dict:
         optimiser.zero_grad()
         result.loss.backward()
         optimiser.step()
+        if isinstance(bank, DatasetBank):
+            bank.update(index, out.mu, out.logvar)
+        elif bank is not None:
+            bank.update(out.mu, out.logvar)
         if hasattr(steps, "set_postfix"):
             steps.set_postfix(loss=f"{loss:.1f}")
         if step % args.eval_every == 0 or step == args.steps:
@@ -396,6 +426,7 @@ def train(args) -> dict:
                                   "prior": prior.state_dict() if prior is not None else None,
                                   "optimiser": optimiser.state_dict(), "sampler": sampler.state_dict(),
                                   "noise": noise.get_state(), "torch_rng": torch.get_rng_state(),
+                                  "bank": bank.state_dict() if bank is not None else None,
                                   "args": _plain_args(args), "step": step}, checkpoint_path)
             runs.append_line(metrics_path, json.dumps(record))
             history.append(record)

@@ -288,3 +288,21 @@ def test_plots_without_matplotlib_fail_before_training(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="plots need matplotlib"):
         train.train(args)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("bank", ["fifo", "dataset"])
+def test_training_with_a_bank_resumes_exactly(tmp_path, bank):
+    flags = ["--bank", bank, "--bank-size", "200", "--eval-every", "3"]
+    final = train.train(parsed(tmp_path / "straight", "--steps", "6", *flags))
+    train.train(parsed(tmp_path / "split", "--steps", "3", *flags))
+    state = runs.load_checkpoint(str(tmp_path / "split" / "checkpoint.pt"))
+    assert state["bank"] is not None and len(state["bank"]["mu"]) == (96 if bank == "fifo" else 600)
+    resumed = train.train(parsed(tmp_path / "split", "--steps", "6", "--resume", *flags))
+    assert resumed["loss"] == final["loss"] and resumed["tc"] == final["tc"]
+
+
+def test_bank_options_are_checked(tmp_path):
+    out = command("train", *TINY, "--out", str(tmp_path / "a"), "--bank", "fifo", "--bank-size", "600")
+    assert out.returncode != 0 and "--batch-size + --bank-size (632) must fit in the data set (600 points)" in out.stderr
+    out = command("train", *TINY, "--out", str(tmp_path / "b"), "--bank", "dataset", "--objective", "beta-vae")
+    assert out.returncode != 0 and "--bank needs an objective with a TC estimate" in out.stderr
