@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
 
-.PHONY: install demo test lint test-python test-cpp test-slow bench bias clean
+.PHONY: install demo test lint test-python test-cpp test-slow bench bias clean docs
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tcestim demo
 
-test: lint test-python test-cpp
+test: lint test-python test-cpp docs
 
 # ruff's rule set is in pyproject.toml ([tool.ruff]).
 lint: install
@@ -40,6 +40,14 @@ test-cpp:
 	cmake --build build/cmake -j 2
 	ctest --test-dir build/cmake --output-on-failure
 
+DOCS_DEPS := "mkdocs>=1.6" "mkdocs-material>=9.5" "mkdocstrings[python]>=0.26"
+
+# The documentation site (mkdocs.yml) into site/; --strict fails on any warning (broken links and
+# references). Missing docstrings and examples fail tests/test_docs.py in test-python.
+docs: install
+	$(PY) -c "import material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install -q $(DOCS_DEPS)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
 bench: install
 	$(PY) -m pip install matplotlib
 	$(PY) benchmarks/run_cpu.py
@@ -48,4 +56,4 @@ bias: install
 	$(PY) -m tcestim bias --out benchmarks/results/bias
 
 clean:
-	rm -rf build $(VENV) tcestim/*.so *.egg-info
+	rm -rf build $(VENV) tcestim/*.so *.egg-info site
