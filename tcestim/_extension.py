@@ -25,7 +25,13 @@ except ImportError as error:  # pragma: no cover - exercised only on broken inst
 
 
 def extension_available() -> bool:
-    """True when the compiled operators (fused CPU kernels) are loaded."""
+    """True when the compiled operators (fused CPU kernels) are loaded.
+
+    Example:
+        >>> import tcestim
+        >>> isinstance(tcestim.extension_available(), bool)
+        True
+    """
     return _LOAD_ERROR is None
 
 
@@ -50,21 +56,42 @@ def has_fused_kernel(device: torch.device) -> bool:
 
 
 def cpu_isa() -> str:
-    """Instruction set the CPU kernels run with: 'avx512', 'avx2' or 'default'."""
+    """Instruction set the CPU kernels run with: 'avx512', 'avx2' or 'default'.
+
+    Example:
+        >>> import tcestim
+        >>> tcestim.cpu_isa() in tcestim.supported_cpu_isas()
+        True
+    """
     if not extension_available():
         raise RuntimeError("tcestim: the compiled extension is not loaded")
     return torch.ops.tcestim.cpu_isa()
 
 
 def supported_cpu_isas() -> tuple:
-    """Instruction sets this CPU and build support, best first (e.g. ('avx512', 'avx2', 'default'))."""
+    """Instruction sets this CPU and build support, best first (e.g. ('avx512', 'avx2', 'default')).
+
+    Example:
+        >>> import tcestim
+        >>> tcestim.supported_cpu_isas()[-1]                # the portable baseline is always there
+        'default'
+    """
     if not extension_available():
         return ()
     return tuple(torch.ops.tcestim.supported_cpu_isas())
 
 
 def set_cpu_isa(name: str) -> None:
-    """Select the CPU kernels' instruction set ('avx512', 'avx2', 'default'); for benchmarks and tests."""
+    """Select the CPU kernels' instruction set ('avx512', 'avx2', 'default'); for benchmarks and tests.
+
+    Example:
+        >>> import tcestim
+        >>> previous = tcestim.cpu_isa()
+        >>> tcestim.set_cpu_isa("default")
+        >>> tcestim.cpu_isa()
+        'default'
+        >>> tcestim.set_cpu_isa(previous)
+    """
     if not extension_available():
         raise RuntimeError("tcestim: the compiled extension is not loaded")
     torch.ops.tcestim.set_cpu_isa(name)

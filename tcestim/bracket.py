@@ -28,6 +28,14 @@ def tc_bracket(z, mu, logvar, *, dataset_size: Optional[int] = None) -> tuple[to
 
     Returns:
         Two scalar tensors, batch means; differentiable.
+
+    Example:
+        >>> import torch, tcestim
+        >>> mu = torch.randn(64, 3)
+        >>> lower, upper = tcestim.tc_bracket(mu + 0.3 * torch.randn_like(mu), mu, torch.full_like(mu, -2.4),
+        ...                                   dataset_size=1000)
+        >>> lower.shape, upper.shape
+        (torch.Size([]), torch.Size([]))
     """
     z, mu, logvar, strat_qz, strat_qzd = minibatch_log_densities(
         z, mu, logvar, dataset_size=dataset_size, estimator="stratified")

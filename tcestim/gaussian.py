@@ -29,6 +29,12 @@ def gaussian_total_correlation(cov: torch.Tensor) -> torch.Tensor:
 
     Returns:
         (...) total correlation, >= 0, zero iff cov is diagonal.
+
+    Example:
+        >>> import math, torch, tcestim
+        >>> cov = torch.tensor([[1.0, 0.5], [0.5, 1.0]], dtype=torch.float64)
+        >>> math.isclose(float(tcestim.gaussian_total_correlation(cov)), -0.5 * math.log(0.75))
+        True
     """
     cov = check_tensor("cov", cov)
     if cov.dim() < 2 or cov.shape[-1] != cov.shape[-2] or cov.shape[-1] == 0:

@@ -79,6 +79,13 @@ def log_aggregate_posterior(z, mu, logvar, *, log_weights=None):
     Returns:
         ``(log_qz, log_qzd)``: (M,) joint log q(z_i) and (M, D) marginal log q(z_id), in nats.
         float16/bfloat16 inputs are computed and returned in float32.
+
+    Example:
+        >>> import math, torch, tcestim
+        >>> z, mu, logvar = torch.zeros(1, 2), torch.zeros(3, 2), torch.zeros(3, 2)
+        >>> log_qz, log_qzd = tcestim.log_aggregate_posterior(z, mu, logvar)   # 3 copies of N(0, I)
+        >>> math.isclose(float(log_qz), -math.log(2 * math.pi), rel_tol=1e-6), tuple(log_qzd.shape)
+        (True, (1, 2))
     """
     check_matrix("z", z, "(M, D)")
     check_matrix("mu", mu, "(K, D)")

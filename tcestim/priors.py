@@ -53,7 +53,17 @@ LOG_2PI = math.log(2 * math.pi)
 
 
 class NonFactorisedPriorError(TypeError, NotImplementedError):
-    """Raised when a per-dimension log density is asked of a prior that does not factorise."""
+    """Raised when a per-dimension log density is asked of a prior that does not factorise.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> try:
+        ...     priors.MixtureOfGaussians(torch.zeros(2, 3)).log_prob_per_dim(torch.zeros(1, 3))
+        ... except priors.NonFactorisedPriorError:
+        ...     print("not factorised")
+        not factorised
+    """
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,7 +120,17 @@ def _check_n(n) -> int:
 
 
 class Prior(nn.Module):
-    """Base class: a prior over R^D. Subclasses set ``factorised`` and implement the densities."""
+    """Base class: a prior over R^D. Subclasses set ``factorised`` and implement the densities.
+
+    Example:
+        >>> import math, torch
+        >>> from tcestim import priors
+        >>> prior = priors.StandardNormal(2)                 # every Prior has log_prob and sample
+        >>> math.isclose(float(prior.log_prob(torch.zeros(1, 2))), -math.log(2 * math.pi), rel_tol=1e-6)
+        True
+        >>> prior.sample(5).shape
+        torch.Size([5, 2])
+    """
 
     factorised: bool = True
 
@@ -173,7 +193,14 @@ class Prior(nn.Module):
 
 
 class StandardNormal(Prior):
-    """p(z) = N(0, I), the usual VAE prior (the same as ``prior=None``)."""
+    """p(z) = N(0, I), the usual VAE prior (the same as ``prior=None``).
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> priors.StandardNormal(3).log_prob_per_dim(torch.zeros(4, 3)).shape
+        torch.Size([4, 3])
+    """
 
     def __init__(self, dim: int):
         super().__init__(dim)
@@ -196,6 +223,13 @@ class AnisotropicGaussian(Prior):
 
     Note: Mathieu et al. normalise PCA-initialised scales (a softmax) so that beta is not implicitly
     rescaled; this class leaves the scales as given.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> prior = priors.AnisotropicGaussian(2, scales=torch.tensor([1.0, 2.0]), learnable=False)
+        >>> prior.sample(10_000, generator=torch.Generator().manual_seed(0)).std(0).round(decimals=1)
+        tensor([1., 2.])
     """
 
     def __init__(self, dim: int, scales=1.0, *, learnable: bool = True):
@@ -257,6 +291,14 @@ class FactorisedStudentT(Prior):
         dim: D.
         nu: degrees of freedom, > 0 (Mathieu et al. use 3 to 100; small nu = heavy tails).
         scale: s_d > 0, scalar or (D,); default 1 (a fixed buffer).
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> heavy, light = priors.FactorisedStudentT(1, nu=3.0), priors.FactorisedStudentT(1, nu=100.0)
+        >>> far = torch.tensor([[6.0]])
+        >>> bool(heavy.log_prob(far) > light.log_prob(far))  # heavier tails
+        True
     """
 
     def __init__(self, dim: int, nu: float, scale=1.0):
@@ -294,6 +336,13 @@ class SpikeAndSlab(Prior):
         spike_scale: standard deviation of the spike, > 0; default 0.05 (appendix B: sigma_0 = 5e-2;
             section 6 writes sigma_0^2 = 0.05 instead, i.e. spike_scale ~ 0.224).
         slab_scale: standard deviation of the slab, > 0; default 1.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> prior = priors.SpikeAndSlab(4, gamma=0.5)
+        >>> prior.log_prob_per_dim(torch.zeros(2, 4)).shape
+        torch.Size([2, 4])
     """
 
     def __init__(self, dim: int, gamma: float, spike_scale: float = 0.05, slab_scale: float = 1.0):
@@ -342,6 +391,13 @@ class MixtureOfGaussians(Prior):
         learnable: if True, ``means`` and ``log_scales`` are ``nn.Parameter``s; default False.
 
     ``log_prob_per_dim`` and ``forward`` raise :class:`NonFactorisedPriorError`.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> prior = priors.MixtureOfGaussians(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+        >>> prior.log_prob(torch.zeros(3, 2)).shape
+        torch.Size([3])
     """
 
     factorised = False
@@ -406,7 +462,15 @@ class MixtureOfGaussians(Prior):
 
 
 def is_factorised(prior) -> bool:
-    """Whether ``prior`` (None, a :class:`Prior`, a Distribution or a callable) is usable per dimension."""
+    """Whether ``prior`` (None, a :class:`Prior`, a Distribution or a callable) is usable per dimension.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import priors
+        >>> mixture = priors.MixtureOfGaussians(torch.zeros(2, 2))
+        >>> priors.is_factorised(priors.StandardNormal(2)), priors.is_factorised(mixture)
+        (True, False)
+    """
     if prior is None:
         return True
     if isinstance(prior, Prior):
@@ -463,6 +527,11 @@ def sample_prior(prior, n: int, dim: int, *, generator: Optional[torch.Generator
     :class:`Prior` samples are reparameterised (differentiable in the prior's scales); a Distribution
     is sampled with ``rsample`` where it has one, and ignores ``generator``. Returned in ``dtype``
     on ``device``. Plain callables cannot be sampled: pass samples explicitly instead.
+
+    Example:
+        >>> from tcestim import priors
+        >>> priors.sample_prior(None, 4, 3).shape
+        torch.Size([4, 3])
     """
     n = _check_n(n)
     if prior is None:

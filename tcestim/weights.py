@@ -31,6 +31,12 @@ class StructuredLogWeights(NamedTuple):
     """Natural-log mixture weights that need no (M, K) matrix.
 
     ``log w[i, j] = self`` if ``j == i``, ``next`` if ``j == (i + 1) mod M``, ``other`` otherwise.
+
+    Example:
+        >>> import math, torch, tcestim
+        >>> w = tcestim.StructuredLogWeights.constant(-math.log(8))     # uniform 1/8
+        >>> w.rows(torch.arange(2), 8, 8, like=torch.zeros(())).exp().sum(1)
+        tensor([1., 1.])
     """
 
     self: float
@@ -82,6 +88,14 @@ def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | N
     """Log-weights of ``estimator`` for a batch of ``batch_size`` drawn from ``dataset_size`` points.
 
     Returns a :class:`StructuredLogWeights`, or for ``"mss-legacy"`` a dense (B, B) tensor.
+
+    Example:
+        >>> import math, tcestim
+        >>> w = tcestim.estimator_log_weights("stratified", 4, 100)
+        >>> round(math.exp(w.self), 4), round(math.exp(w.other), 4)     # 1/N and (N-1)/(N(B-1))
+        (0.01, 0.33)
+        >>> tcestim.estimator_log_weights("mss-legacy", 4, 100).shape
+        torch.Size([4, 4])
     """
     check_estimator(estimator)
     B = check_int("batch_size", batch_size, minimum=1)
