@@ -225,6 +225,14 @@ def total_correlation(z, mu, logvar, *, dataset_size: Optional[int] = None, esti
     Args as :func:`tcestim.total_correlation`; z, mu, logvar are this rank's (B_r, D) batch
     (sizes may differ between ranks); ``dataset_size`` is N >= the global batch (None: N = it);
     ``group`` a process group (None: the default one). Must be called on every rank of the group.
+
+    Example:
+        Run on every rank of an initialised process group (not executed here)::
+
+            import torch.distributed as dist, tcestim.distributed
+            dist.init_process_group("nccl")   # torchrun sets rank and world size
+            tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=len(dataset))
+            loss = recon + dist.get_world_size() * 5.0 * tc   # DDP averages gradients over ranks
     """
     _, _, _, log_qz, log_qzd, global_batch = _global_log_densities(
         z, mu, logvar, dataset_size, estimator, bank, jackknife, group)
@@ -239,6 +247,12 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
     """Per-sample decomposition of this rank's queries against the global batch's components.
 
     The rows equal the matching rows of :func:`tcestim.decompose` on the concatenated batch.
+
+    Example:
+        On every rank of an initialised process group (not executed here)::
+
+            d = tcestim.distributed.decompose(z, mu, logvar, dataset_size=len(dataset))
+            print(d.means())   # this rank's queries, decomposed against the global batch
     """
     z, mu, logvar, log_qz, log_qzd, _ = _global_log_densities(
         z, mu, logvar, dataset_size, estimator, bank, jackknife, group)
@@ -252,6 +266,14 @@ def update_bank(bank, mu, logvar, *, indices=None, group=None) -> None:
     Keeps the banks of all ranks identical, which the global estimator assumes. A
     :class:`tcestim.DatasetBank` needs this rank's dataset ``indices`` (B_r,): every rank writes the
     slots of every rank's batch.
+
+    Example:
+        After each step, on every rank (not executed here)::
+
+            bank = tcestim.MemoryBank(4096, D)
+            tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=N, bank=bank)
+            ...
+            tcestim.distributed.update_bank(bank, mu, logvar)   # every rank's bank gets the global batch
     """
     _require_initialised()
     sizes = _batch_sizes(mu.shape[0], mu.device, group)

@@ -97,6 +97,15 @@ class Objective(NamedTuple):
         terms: name -> detached 0-d tensor on the loss's device (batch means, nats): ``loss``,
             ``recon``, ``kl``, ``elbo`` and the objective's own terms.
         weights: name -> float, the coefficients the loss was built with (``tc_weight``, ...).
+
+    Example:
+        >>> import torch
+        >>> from tcestim import losses
+        >>> mu, logvar = torch.zeros(8, 2), torch.zeros(8, 2)      # q(z|x) = p(z): no KL
+        >>> objective = losses.beta_vae(torch.full((8,), -10.0), mu, logvar)
+        >>> terms = objective.floats()
+        >>> terms["recon"], terms["kl"], float(objective.loss)
+        (10.0, 0.0, 10.0)
     """
 
     loss: torch.Tensor
@@ -193,7 +202,14 @@ def _weight(value) -> float:
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """(B,) closed-form KL(N(mu, diag exp(logvar)) || N(0, I)) = 0.5 sum_d (mu^2 + exp(logvar) - 1 - logvar)."""
+    """(B,) closed-form KL(N(mu, diag exp(logvar)) || N(0, I)) = 0.5 sum_d (mu^2 + exp(logvar) - 1 - logvar).
+
+    Example:
+        >>> import torch
+        >>> from tcestim import losses
+        >>> losses.gaussian_kl(torch.tensor([[0.0, 1.0]]), torch.zeros(1, 2))     # 0.5 * mu^2
+        tensor([0.5000])
+    """
     return 0.5 * (mu.square() + logvar.exp() - 1.0 - logvar).sum(-1)
 
 
@@ -225,6 +241,12 @@ def rtc_variance_penalty(logvar: torch.Tensor) -> torch.Tensor:
     """RTC-VAE's penalty tr(E_n Cov_q(z|n)[z]) = sum_d E_n[sigma_d^2(n)] (eq. 4), a scalar.
 
     ``logvar``: (B, D) encoder log-variances; E_n is the batch mean.
+
+    Example:
+        >>> import math, torch
+        >>> from tcestim import losses
+        >>> float(losses.rtc_variance_penalty(torch.full((4, 3), math.log(0.5))))   # 3 dims x 0.5
+        1.5
     """
     check_matrix("logvar", logvar, "(B, D)")
     return logvar.to(compute_dtype(logvar.dtype)).exp().mean(0).sum()
@@ -245,6 +267,14 @@ def mmd_imq(x: torch.Tensor, y: torch.Tensor, *, c: Optional[float] = None) -> t
                 - 2 sum_{i, j} k(x_i, y_j) / (n m)
 
     The U-statistic can be slightly negative. Needs n, m >= 2. Returns a scalar tensor.
+
+    Example:
+        >>> import torch
+        >>> from tcestim import losses
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x, y = torch.randn(200, 2, generator=g), torch.randn(200, 2, generator=g)
+        >>> bool(losses.mmd_imq(x, y + 3.0) > 10 * losses.mmd_imq(x, y).abs())
+        True
     """
     check_matrix("x", x, "(n, D)")
     check_matrix("y", y, "(m, D)")
