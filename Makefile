@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
 
-.PHONY: install demo test lint test-python test-cpp test-slow bench bias clean docs
+.PHONY: install demo test lint typecheck test-python test-cpp test-slow bench bias clean docs
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +20,16 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tcestim demo
 
-test: lint test-python test-cpp docs
+test: lint typecheck test-python test-cpp docs
 
 # ruff's rule set is in pyproject.toml ([tool.ruff]).
 lint: install
 	$(PY) -m ruff check .
+
+# mypy over the library (configuration and what it leaves out: [tool.mypy] in pyproject.toml).
+typecheck: install
+	$(PY) -c "import mypy" 2>/dev/null || $(PY) -m pip install -q "mypy>=1.10"
+	$(PY) -m mypy
 
 # The test suite, then every docstring example of the package (doctest).
 test-python: install

@@ -35,7 +35,8 @@ def _zeros_if_none(grad, like: torch.Tensor) -> torch.Tensor:
 def _differentiable_vjp(inputs, needs_grad, log_weights, grad_log_qz, grad_log_qzd):
     """The vector-Jacobian product of the mixture log-densities, recomputed through the fallback so
     that it can be differentiated again (called from a backward run with create_graph=True)."""
-    log_qz, log_qzd = _fallback.mixture_logdensity(*inputs[:3], log_weights if log_weights is not None
+    z, mu, logvar = inputs[0], inputs[1], inputs[2]
+    log_qz, log_qzd = _fallback.mixture_logdensity(z, mu, logvar, log_weights if log_weights is not None
                                                    else inputs[3])
     wanted = [t for t, needed in zip(inputs, needs_grad) if needed]
     grads = iter(torch.autograd.grad((log_qz, log_qzd), wanted, (grad_log_qz, grad_log_qzd), create_graph=True,

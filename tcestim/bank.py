@@ -121,6 +121,7 @@ class MemoryBank:
                 self._update(old_mu.to(mu), old_logvar.to(mu))
         mu, logvar = mu.detach()[-self.size:].clone(), logvar.detach()[-self.size:].clone()
         rows = (self._next + torch.arange(mu.shape[0], device=mu.device)) % self.size
+        assert self._mu is not None and self._logvar is not None
         self._mu[rows] = mu
         self._logvar[rows] = logvar
         self._next = (self._next + mu.shape[0]) % self.size
@@ -219,10 +220,11 @@ class DatasetBank:
                 old_mu, old_logvar = self._mu, self._logvar
                 self._mu = torch.zeros(self.dataset_size, self.dim, dtype=mu.dtype, device=mu.device)
                 self._logvar = torch.full((self.dataset_size, self.dim), math.inf, dtype=mu.dtype, device=mu.device)
-                if old_mu is not None:
+                if old_mu is not None and old_logvar is not None:
                     self._mu.copy_(old_mu)
                     self._logvar.copy_(old_logvar)
             rows = cpu.to(mu.device)
+            assert self._mu is not None and self._logvar is not None
             self._mu[rows] = mu.detach().clone()
             self._logvar[rows] = logvar.detach().clone()
         self.filled[cpu] = True

@@ -301,8 +301,8 @@ def jackknife_log_densities_by_order(z, components_mu, components_logvar, datase
     z, components_mu, components_logvar = (_FirstOrderOnly.apply(t) for t in (z, components_mu, components_logvar))
     weights = stratified_log_weights(N, num_others)
     rows_per_chunk = max(1, _CHUNK_ELEMENTS // max(1, K * D))
-    joint = {order: [] for order in orders}
-    marginals = {order: [] for order in orders}
+    joint: dict[int, list[torch.Tensor]] = {order: [] for order in orders}
+    marginals: dict[int, list[torch.Tensor]] = {order: [] for order in orders}
     for start in range(0, B, rows_per_chunk):
         rows = torch.arange(start, min(B, start + rows_per_chunk), device=z.device)
         cube = log_normal_diag(z[rows, None, :], components_mu[None], components_logvar[None])

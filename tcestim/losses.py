@@ -554,6 +554,7 @@ def decomposition_objective(log_px: torch.Tensor, z: torch.Tensor, mu: torch.Ten
             div = mmd_imq(zc, prior_samples, c=mmd_c)
 
     recon = -log_px.mean()
+    assert kl_per_sample is not None
     kl_mean = kl_per_sample.mean()
     loss = recon + kl_weight * kl_mean + divergence_weight * div
     terms = _terms(loss=loss, recon=recon, kl=kl_mean, divergence=div, elbo=-recon - kl_mean,

@@ -134,6 +134,8 @@ class Prior(nn.Module):
 
     factorised: bool = True
 
+    _anchor: torch.Tensor
+
     def __init__(self, dim: int):
         super().__init__()
         self.dim = _check_dim(dim)
@@ -232,6 +234,8 @@ class AnisotropicGaussian(Prior):
         tensor([1., 2.])
     """
 
+    log_scale: torch.Tensor
+
     def __init__(self, dim: int, scales=1.0, *, learnable: bool = True):
         super().__init__(dim)
         log_scale = torch.log(_per_dim("scales", scales, self.dim, positive=True))
@@ -301,6 +305,8 @@ class FactorisedStudentT(Prior):
         True
     """
 
+    scale: torch.Tensor
+
     def __init__(self, dim: int, nu: float, scale=1.0):
         super().__init__(dim)
         self.nu = _check_positive_float("nu", nu)
@@ -344,6 +350,10 @@ class SpikeAndSlab(Prior):
         >>> prior.log_prob_per_dim(torch.zeros(2, 4)).shape
         torch.Size([2, 4])
     """
+
+    gamma: float
+    spike_scale: float
+    slab_scale: float
 
     def __init__(self, dim: int, gamma: float, spike_scale: float = 0.05, slab_scale: float = 1.0):
         super().__init__(dim)
@@ -401,6 +411,10 @@ class MixtureOfGaussians(Prior):
     """
 
     factorised = False
+
+    means: torch.Tensor
+    log_scales: torch.Tensor
+    weights: torch.Tensor
 
     def __init__(self, means, log_scales=0.0, weights=None, *, learnable: bool = False):
         means = _as_float_tensor("means", means)
