@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*/*.cpp csrc/*/*.h csrc/*/*.inc csrc/*/*.cu)
 
-.PHONY: install demo test lint typecheck test-python test-cpp test-slow bench bias clean docs
+.PHONY: install demo test lint typecheck test-python test-cpp test-sdist test-slow bench bias clean docs
 
 $(VENV)/.installed: $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tcestim demo
 
-test: lint typecheck test-python test-cpp docs
+test: lint typecheck test-python test-cpp docs test-sdist
 
 # ruff's rule set is in pyproject.toml ([tool.ruff]).
 lint: install
@@ -52,6 +52,10 @@ DOCS_DEPS := "mkdocs>=1.6" "mkdocs-material>=9.5" "mkdocstrings[python]>=0.26"
 docs: install
 	$(PY) -c "import material, mkdocstrings_handlers.python" 2>/dev/null || $(PY) -m pip install -q $(DOCS_DEPS)
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
+
+# The sdist, installed into a fresh venv (torch from the same index as install), imported, demo --quick.
+test-sdist: install
+	bash scripts/check_sdist.sh $(PY)
 
 bench: install
 	$(PY) -m pip install matplotlib
