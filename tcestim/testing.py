@@ -68,7 +68,8 @@ def backends() -> list:
 
     Example:
         >>> import tcestim.testing as T
-        >>> [b.name for b in T.backends()][-1] in ("fallback", "cuda")
+        >>> names = [b.name for b in T.backends()]
+        >>> "fallback" in names
         True
     """
     found = [Backend(f"cpu-{isa}", "cpu", isa, True) for isa in _extension.supported_cpu_isas()]
