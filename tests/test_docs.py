@@ -15,6 +15,7 @@ MODULES = {
     "tcestim.metrics": None,
     "tcestim.baselines": None,
     "tcestim.testing": None,
+    "tcestim.streaming": None,
     "tcestim.distributed": ["total_correlation", "decompose", "update_bank"],
 }
 # These need an initialised process group: their example is a code block that is not executed.
