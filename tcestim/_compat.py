@@ -55,10 +55,13 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         _warn(spec.name, MOVED_MODULES[spec.name])
-        return importlib.import_module(MOVED_MODULES[spec.name])
+        module = importlib.import_module(MOVED_MODULES[spec.name])
+        self._own_spec = module.__spec__
+        return module
 
     def exec_module(self, module):
-        pass
+        # the import system has just set module.__spec__ to the alias's spec: give the module its own back
+        module.__spec__ = self._own_spec
 
 
 def install() -> None:

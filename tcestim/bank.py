@@ -164,7 +164,8 @@ class DatasetBank:
         self.dim = check_int("dim", dim, minimum=1)
         self._mu: torch.Tensor | None = None
         self._logvar: torch.Tensor | None = None
-        self.filled = torch.zeros(self.dataset_size, dtype=torch.bool)  # on the CPU, whatever the device
+        with torch.inference_mode(False):  # never an inference tensor, whatever mode builds the bank
+            self.filled = torch.zeros(self.dataset_size, dtype=torch.bool)  # on the CPU, whatever the device
         self._count = 0
 
     def __len__(self) -> int:
@@ -227,7 +228,7 @@ class DatasetBank:
             assert self._mu is not None and self._logvar is not None
             self._mu[rows] = mu.detach().clone()
             self._logvar[rows] = logvar.detach().clone()
-        self.filled[cpu] = True
+            self.filled[cpu] = True
         self._count = int(self.filled.sum())
 
     def for_batch(self, indices) -> "DatasetBankBatch":
@@ -248,12 +249,17 @@ class DatasetBank:
             raise ValueError(f"state is of a bank with dataset_size={state['dataset_size']}, dim={state['dim']}; "
                              f"this bank has dataset_size={self.dataset_size}, dim={self.dim}")
         shape = (self.dataset_size, self.dim)
-        if tuple(state["mu"].shape) != shape or tuple(state["logvar"].shape) != shape \
-                or tuple(state["filled"].shape) != (self.dataset_size,):
-            raise ValueError(f"state's mu and logvar must be {shape} and filled ({self.dataset_size},)")
+        mu, logvar, filled = state["mu"], state["logvar"], state["filled"]
+        if not all(isinstance(t, torch.Tensor) for t in (mu, logvar, filled)) or tuple(mu.shape) != shape \
+                or tuple(logvar.shape) != shape or tuple(filled.shape) != (self.dataset_size,) \
+                or mu.dtype != logvar.dtype or not mu.is_floating_point():
+            raise ValueError(f"state's mu and logvar must be floating {shape} tensors of one dtype and filled a "
+                             f"({self.dataset_size},) tensor")
         with torch.inference_mode(False):
-            self._mu, self._logvar = state["mu"].clone(), state["logvar"].clone()
-        self.filled = state["filled"].to("cpu", torch.bool).clone()
+            self.filled = filled.to("cpu", torch.bool).clone()
+            self._mu = mu.clone()
+            # unwritten slots are components of density 0, whatever the file held there
+            self._logvar = logvar.clone().masked_fill(~self.filled.to(logvar.device)[:, None], math.inf)
         self._count = int(self.filled.sum())
 
 
@@ -292,6 +298,9 @@ def _dataset_bank_components(view: DatasetBankBatch, mu, logvar):
     if own.shape[0] != mu.shape[0]:
         raise ValueError(f"the bank's batch has {own.shape[0]} indices, but z has B = {mu.shape[0]} rows")
     others = len(bank) - int(bank.filled[own].sum())
+    if torch.unique(own).numel() != own.numel():
+        raise ValueError("the batch's dataset indices must be distinct (a distributed sampler that pads its last "
+                         "batches repeats indices: use drop_last=True)")
     if others == 0:
         return mu, logvar, mu.shape[0] - 1
     if bank.mu.device != mu.device:

@@ -30,6 +30,7 @@ every collective, backward included.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -55,7 +56,9 @@ from tcestim.weights import (
 )
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_AGREED = ("D", "dtype", "dataset_size", "estimator", "bank length", "jackknife", "whether mu/logvar need gradients")
+_AGREED = ("D", "dtype", "dataset_size", "estimator", "bank length", "jackknife", "whether mu/logvar need gradients",
+           "bank kind", "the DatasetBank's dataset_size")
+_BANK_KINDS = ("none", "MemoryBank", "DatasetBank")
 
 
 def _require_initialised() -> None:
@@ -106,21 +109,17 @@ def _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group) -> li
         needs_grad = torch.is_grad_enabled() and (mu.requires_grad or logvar.requires_grad)
         description = [0, z.shape[0], z.shape[1], _DTYPES.index(z.dtype),
                        -1 if dataset_size is None else int(dataset_size), ESTIMATORS.index(estimator),
-                       _bank_length(bank), int(bool(jackknife)), int(needs_grad)]
+                       _bank_length(bank), int(bool(jackknife)), int(needs_grad), _bank_kind(bank),
+                       bank.bank.dataset_size if isinstance(bank, DatasetBankBatch) else -1]
     else:
-        description = [1] + [-1] * 8
+        description = [1] + [-1] * (len(_AGREED) + 1)
     device = _collective_device(z, group)
     world = dist.get_world_size(group)
     gathered = [torch.zeros(len(description), dtype=torch.int64, device=device) for _ in range(world)]
     dist.all_gather(gathered, torch.tensor(description, dtype=torch.int64, device=device), group=group)
     table = [g.tolist() for g in gathered]
-    failed = [rank for rank, row in enumerate(table) if row[0]]
-    if failed:
-        messages = [None] * world
-        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}", group=group)
-        details = "; ".join(f"rank {rank}: {messages[rank]}" for rank in failed)
-        raise ValueError(f"tcestim.distributed: invalid inputs on {len(failed)} of {world} ranks ({details})") \
-            from error
+    if any(row[0] for row in table):
+        _raise_everywhere(error, device, group)
     for column, name in enumerate(_AGREED, start=2):
         values = [row[column] for row in table]
         if len(set(values)) > 1:
@@ -129,6 +128,12 @@ def _agree(z, mu, logvar, dataset_size, estimator, bank, jackknife, group) -> li
                              + ", ".join(f"rank {rank} has {v}" for rank, v in enumerate(shown))
                              + " (every rank must pass the same " + name + ")")
     return [row[1] for row in table]
+
+
+def _bank_kind(bank) -> int:
+    if bank is None:
+        return 0
+    return 2 if isinstance(bank, DatasetBankBatch) else 1
 
 
 def _bank_length(bank) -> int:
@@ -156,6 +161,8 @@ def _describe(name: str, value: int):
         return "None"
     if name == "jackknife" or name.startswith("whether"):
         return bool(value)
+    if name == "bank kind":
+        return _BANK_KINDS[value]
     return value
 
 
@@ -170,7 +177,10 @@ def _all_gather_uneven(t: torch.Tensor, sizes: list[int], group) -> torch.Tensor
     """Concatenation of every rank's (B_r, D) tensor, differentiable (padded to max B_r in transit)."""
     longest = max(sizes)
     padded = torch.cat([t, t.new_zeros(longest - t.shape[0], *t.shape[1:])]) if t.shape[0] < longest else t
-    parts = dist_fn.all_gather(padded, group=group)
+    with warnings.catch_warnings():  # its replacement is private API (torch.distributed._functional_collectives)
+        warnings.filterwarnings("ignore", "torch.distributed.nn.functional.all_gather is deprecated",
+                                FutureWarning)
+        parts = dist_fn.all_gather(padded, group=group)
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])
 
 
@@ -192,15 +202,19 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
         # Every rank's own slots are left out: gather the global batch's indices, rotated like the
         # components below. (The index counts were agreed on in _check_local.)
         everyone = _gather_indices(bank.indices, sizes, z.device, group)
+        if torch.unique(everyone).numel() != everyone.numel():  # the same on every rank: all raise
+            raise ValueError("tcestim.distributed: the global batch's dataset indices must be distinct; a sampler "
+                             "that pads its last batches repeats indices across ranks (use drop_last=True)")
         bank = DatasetBankBatch(bank.bank, torch.roll(everyone, -offset, 0))
+    uses_stratified = estimator == "stratified" or bank is not None or jackknife
+    if uses_stratified and global_batch < 2 and _bank_length(bank) == 0:
+        raise ValueError(f"estimator 'stratified' needs a global batch of at least 2, got {global_batch}")
     if z.shape[0] == 0:
         # Nothing to estimate here, but the backward must still pass through the all-gathers
         # (their reduce-scatter is a collective every rank joins).
         anchor = 0.0 * (mu_all.sum() + logvar_all.sum())
         return z, mu, logvar, anchor + z.new_zeros(0), anchor + z.new_zeros(0, z.shape[1]), global_batch
-    if estimator == "stratified" or bank is not None or jackknife:
-        if global_batch < 2 and (bank is None or len(bank) == 0):
-            raise ValueError(f"estimator 'stratified' needs a global batch of at least 2, got {global_batch}")
+    if uses_stratified:
         # Rotate so that this rank's query i finds its own encoding at component row i.
         comp_mu, comp_logvar = torch.roll(mu_all, -offset, 0), torch.roll(logvar_all, -offset, 0)
         others = global_batch - 1
@@ -265,23 +279,41 @@ def update_bank(bank, mu, logvar, *, indices=None, group=None) -> None:
 
     Keeps the banks of all ranks identical, which the global estimator assumes. A
     :class:`tcestim.DatasetBank` needs this rank's dataset ``indices`` (B_r,): every rank writes the
-    slots of every rank's batch.
-
-    Example:
-        After each step, on every rank (not executed here)::
-
-            bank = tcestim.MemoryBank(4096, D)
-            tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=N, bank=bank)
-            ...
-            tcestim.distributed.update_bank(bank, mu, logvar)   # every rank's bank gets the global batch
+    slots of every rank's batch. Invalid inputs on any rank raise the same ValueError on every rank.
     """
     _require_initialised()
+    error = None
+    try:
+        if isinstance(bank, DatasetBank):
+            if indices is None:
+                raise TypeError("update_bank(DatasetBank, ...) needs this rank's dataset indices: indices=")
+            indices = bank._indices(indices, mu.shape[0])
+        elif indices is not None:
+            raise TypeError("indices= is for a DatasetBank; a MemoryBank keeps the order of arrival")
+    except (TypeError, ValueError) as caught:
+        error = caught
+    _raise_everywhere(error, mu.device, group)
     sizes = _batch_sizes(mu.shape[0], mu.device, group)
     all_mu = _all_gather_uneven(mu.detach(), sizes, group)
     all_logvar = _all_gather_uneven(logvar.detach(), sizes, group)
     if isinstance(bank, DatasetBank):
-        if indices is None:
-            raise TypeError("update_bank(DatasetBank, ...) needs this rank's dataset indices: indices=")
-        bank.update(_gather_indices(bank._indices(indices, mu.shape[0]), sizes, mu.device, group), all_mu, all_logvar)
+        everyone = _gather_indices(indices, sizes, mu.device, group)
+        if torch.unique(everyone).numel() != everyone.numel():
+            raise ValueError("tcestim.distributed.update_bank: the global batch's dataset indices must be distinct")
+        bank.update(everyone, all_mu, all_logvar)
     else:
         bank.update(all_mu, all_logvar)
+
+
+def _raise_everywhere(error, device, group) -> None:
+    """If ``error`` is set on any rank, raise one ValueError naming the failing ranks on every rank."""
+    world = dist.get_world_size(group)
+    flags = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world)]
+    dist.all_gather(flags, torch.tensor([int(error is not None)], dtype=torch.int64, device=device), group=group)
+    failed = [rank for rank, flag in enumerate(flags) if int(flag)]
+    if failed:
+        messages = [None] * world
+        dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}", group=group)
+        details = "; ".join(f"rank {rank}: {messages[rank]}" for rank in failed)
+        raise ValueError(f"tcestim.distributed: invalid inputs on {len(failed)} of {world} ranks ({details})") \
+            from error

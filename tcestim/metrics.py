@@ -101,12 +101,31 @@ class TCOfMeansVsSamples(NamedTuple):
     tc_of_samples: torch.Tensor
     difference: torch.Tensor
 
+    # The 0.1 result was a dict: its reads keep working for one release, with a warning.
     def __getitem__(self, key):
         if isinstance(key, str):
-            warnings.warn("tc_of_means_vs_samples(...)[name] is deprecated since tcestim 0.2: the result "
-                          f"is a named tuple, use .{key}", DeprecationWarning, stacklevel=2)
+            _dict_use_deprecated(f"[{key!r}]", f".{key}")
             return getattr(self, key)
         return tuple.__getitem__(self, key)
+
+    def __contains__(self, key):
+        if isinstance(key, str):
+            _dict_use_deprecated(" in ...", "._fields")
+            return key in self._fields
+        return tuple.__contains__(self, key)
+
+    def keys(self):
+        _dict_use_deprecated(".keys()", "._fields")
+        return self._fields
+
+    def items(self):
+        _dict_use_deprecated(".items()", "._asdict().items()")
+        return self._asdict().items()
+
+
+def _dict_use_deprecated(used: str, instead: str) -> None:
+    warnings.warn(f"tc_of_means_vs_samples(...){used} is deprecated since tcestim 0.2: the result is a named "
+                  f"tuple, use {instead}", DeprecationWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -122,3 +122,29 @@ def agreement(rank, world, case, init_file, result_dir):
     with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
         f.write(outcome)
     dist.destroy_process_group()
+
+
+def bank_agreement(rank, world, case, init_file, result_dir):
+    """Bank mistakes on one rank (or across ranks) must raise the same error on every rank, never hang."""
+    import os
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    z = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    mu, logvar = z + 0.1, torch.zeros(3, 2, dtype=torch.float64)
+    bank = tcestim.DatasetBank(20, 2)
+    own = torch.arange(3) + 3 * rank
+    try:
+        if case == "bank_kind":
+            view = None if rank == 0 else bank.for_batch(own)
+            tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=20, bank=view)
+        elif case == "duplicates":
+            overlapping = torch.arange(3) + 2 * rank  # rank 0: 0 1 2, rank 1: 2 3 4
+            tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=20, bank=bank.for_batch(overlapping))
+        else:
+            indices = own if rank == 0 else torch.tensor([5, 5, 6])
+            tcestim.distributed.update_bank(bank, mu, logvar, indices=indices)
+        outcome = "ok"
+    except ValueError as error:
+        outcome = f"ValueError {error}"
+    with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()

@@ -68,3 +68,16 @@ def test_a_rank_with_an_empty_batch_takes_part(tmp_path):
     z = torch.randn(4, 3, generator=g).double()
     single = tcestim.total_correlation(z, z + 0.1, torch.zeros(4, 3, dtype=torch.float64), dataset_size=100)
     assert float(full.split()[1]) == pytest.approx(float(single), abs=1e-12)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bank_kind", "the ranks disagree on bank kind: rank 0 has none, rank 1 has DatasetBank"),
+    ("duplicates", "the global batch's dataset indices must be distinct"),
+    ("update_indices", "invalid inputs on 1 of 2 ranks (rank 1: ValueError: indices must be distinct"),
+])
+def test_banks_across_ranks_fail_together(case, expected, tmp_path):
+    mp.spawn(distributed_worker.bank_agreement, args=(2, case, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
+             join=True)
+    outcomes = [(tmp_path / f"{rank}.txt").read_text() for rank in range(2)]
+    assert outcomes[0] == outcomes[1], outcomes
+    assert outcomes[0].startswith("ValueError") and expected in outcomes[0]

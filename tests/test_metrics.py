@@ -237,5 +237,9 @@ def test_tc_of_means_vs_samples():
         legacy = tc_of_means_vs_samples(z, mu, logvar, 10_000)
     with pytest.warns(DeprecationWarning, match="use .tc_of_samples"):
         assert float(legacy["tc_of_samples"]) == float(out.tc_of_samples)
+    with pytest.warns(DeprecationWarning, match="is a named tuple"):
+        assert "difference" in legacy and "nothing" not in legacy
+    with pytest.warns(DeprecationWarning, match="is a named tuple"):
+        assert dict(legacy.items()) == out._asdict() and list(legacy.keys()) == list(out._fields)
     with pytest.raises(TypeError, match="keyword only"):
         tc_of_means_vs_samples(z, mu, logvar, 10_000, dataset_size=10_000)

@@ -53,6 +53,10 @@ def test_moved_modules_warn_and_are_the_new_module(old, new):
             f"try:\n    import {old}\nexcept DeprecationWarning as w:\n    print('WARNED', w)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "WARNED" in out and new in out
+    code = (f"import warnings\nwarnings.simplefilter('ignore')\nimport {old}, {new}\n"
+            f"print({new}.__spec__.name, {old} is {new})")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [new, "True"]  # the alias is the module itself, which keeps its own spec
     with pytest.warns(DeprecationWarning, match=new.replace(".", r"\.")):
         module = importlib.import_module(old) if old not in sys.modules else getattr(tcestim, old.split(".")[1])
     assert module is importlib.import_module(new)

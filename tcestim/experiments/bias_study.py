@@ -405,13 +405,19 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
     return config
 
 
+OWNED_FILES = ("rows.csv", "summary.csv", "truths.csv", "summary.md", "headline.md", "bias_rho*_s*.png",
+               "bank_bias_s*.png")
+"""What the study writes into --out (patterns; all --overwrite may delete)."""
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     config = config_from_args(args)
-    runs.prepare_output(args.out, overwrite=args.overwrite)
+    runs.check_output(args.out, overwrite=args.overwrite, owned=OWNED_FILES)
     start = time.perf_counter()
     rows, truths = run_study(config, progress=not args.no_progress)
     summary = summarise(rows, truths)
     seconds = time.perf_counter() - start
+    runs.prepare_output(args.out, overwrite=args.overwrite, owned=OWNED_FILES)  # only now, with results in hand
     paths = write_outputs(rows, truths, summary, config, args.out, seconds)
     hits, total = bracket_coverage(summary)
     print(f"bias study: {len(rows)} estimates over {total} configurations in {seconds:.0f} s; "

@@ -4,10 +4,10 @@ folders that are never overwritten by accident, files written atomically, checkp
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import io
 import json
 import os
-import shutil
 import tempfile
 from typing import Callable
 
@@ -65,12 +65,8 @@ positive_float = float_in(0.0, low_open=True)
 # output folders and files
 
 
-def prepare_output(path: str, *, resume: bool = False, overwrite: bool = False) -> None:
-    """Create the output folder ``path``, refusing to write into a non-empty one unless told.
-
-    ``resume``: the folder holds a run to continue (it must exist). ``overwrite``: its contents are
-    deleted first. Neither: it must be missing or empty.
-    """
+def check_output(path: str, *, resume: bool = False, overwrite: bool = False, owned=()) -> None:
+    """Refuse, before any work, what :func:`prepare_output` would refuse (it deletes nothing)."""
     if resume and overwrite:
         raise SystemExit("error: --resume and --overwrite exclude each other")
     if resume:
@@ -81,7 +77,26 @@ def prepare_output(path: str, *, resume: bool = False, overwrite: bool = False) 
         if not overwrite:
             raise SystemExit(f"error: the output folder {path!r} is not empty; pass --resume to continue the "
                              "run in it, --overwrite to replace it, or another --out")
-        shutil.rmtree(path)
+        foreign = sorted(name for name in os.listdir(path) if not any(fnmatch.fnmatch(name, p) for p in owned))
+        if foreign:
+            raise SystemExit(f"error: --overwrite deletes only what this command writes, but {path!r} also holds "
+                             f"{', '.join(foreign[:5])}{' ...' if len(foreign) > 5 else ''}: choose another --out")
+
+
+def prepare_output(path: str, *, resume: bool = False, overwrite: bool = False, owned=()) -> None:
+    """Create the output folder ``path``, refusing to write into a non-empty one unless told.
+
+    ``resume``: the folder holds a run to continue (it must exist). ``overwrite``: the files matching
+    the patterns ``owned`` (what the command writes) are deleted first; a folder holding anything else
+    is refused.
+    Neither: it must be missing or empty. Call it after every other check, just before writing.
+    """
+    check_output(path, resume=resume, overwrite=overwrite, owned=owned)
+    if resume:
+        return
+    if overwrite and os.path.isdir(path):
+        for name in os.listdir(path):
+            os.remove(os.path.join(path, name))
     os.makedirs(path, exist_ok=True)
 
 
@@ -95,11 +110,32 @@ def atomic_write(path: str, write: Callable[[io.IOBase], None], *, binary: bool 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it owner-only
         os.replace(temporary, path)
+        _fsync_folder(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_folder(folder: str) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -232,6 +232,9 @@ def plot_traversals(model, data, args, path, generator):
 # commands
 
 # Options that may differ when a run is resumed (they do not change what is computed).
+OWNED_FILES = ("checkpoint.pt", "metrics.jsonl", "curves.png", "traversals.png", "mi_matrix.png")
+"""What ``train`` writes into --out (and all --overwrite may delete)."""
+
 RESUMABLE = ("steps", "out", "resume", "overwrite", "no_progress", "no_plots", "threads", "explicit")
 
 
@@ -288,9 +291,10 @@ def _check_sizes(args, n: int) -> None:
     if args.batch_size > n:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the data set ({n} points)")
     if args.bank != "none":
-        if args.objective == "beta-vae" or args.estimator != "stratified":
-            raise SystemExit("error: --bank needs an objective with a TC estimate (not beta-vae) and --estimator "
-                             "stratified")
+        unused = args.objective == "beta-vae" or (args.objective == "decomposition" and args.divergence != "kl")
+        if unused or args.estimator != "stratified":
+            raise SystemExit("error: --bank needs an objective that estimates q(z) from the minibatch (beta-tcvae, "
+                             "rtc-vae, or decomposition with --divergence kl) and --estimator stratified")
         if args.bank == "fifo" and args.batch_size + args.bank_size > n:
             raise SystemExit(f"error: --batch-size + --bank-size ({args.batch_size + args.bank_size}) must fit in "
                              f"the data set ({n} points)")
@@ -303,7 +307,9 @@ def _check_sizes(args, n: int) -> None:
 def _resumed_args(args, saved: dict):
     """The run's own arguments, with what may change on resume taken from the command line; an
     option given explicitly with another value than the run's is an error, not silently ignored."""
-    explicit = set(getattr(args, "explicit", ()))
+    # From the command line, `explicit` names the options the user typed; a namespace built in Python
+    # means every value it holds.
+    explicit = set(args.explicit) if hasattr(args, "explicit") else set(vars(args))
     for key, value in saved.items():
         if key in RESUMABLE or key not in explicit:
             continue
@@ -312,7 +318,7 @@ def _resumed_args(args, saved: dict):
                              f"resumed ({value!r}); on --resume only --steps and the output options may change")
     merged = dict(saved)
     merged.update({key: getattr(args, key) for key in RESUMABLE if hasattr(args, key)})
-    if merged["steps"] < saved["steps"] and "steps" not in explicit:
+    if "steps" not in explicit:
         merged["steps"] = saved["steps"]
     return SimpleNamespace(**merged)
 
@@ -358,7 +364,7 @@ def train(args) -> dict:
     it; a NaN or infinite loss stops the run with :class:`~tcestim.experiments.runs.TrainingDiverged`
     and leaves the last good checkpoint in place.
     """
-    runs.prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
+    runs.check_output(args.out, resume=args.resume, overwrite=args.overwrite, owned=OWNED_FILES)
     checkpoint_path = os.path.join(args.out, "checkpoint.pt")
     metrics_path = os.path.join(args.out, "metrics.jsonl")
     state = None
@@ -371,6 +377,7 @@ def train(args) -> dict:
     torch.manual_seed(args.seed)
     data = build_data(args)
     _check_sizes(args, len(data))
+    runs.prepare_output(args.out, resume=args.resume, overwrite=args.overwrite, owned=OWNED_FILES)
     model = build_model(args)
     prior = build_prior(args)
     parameters = list(model.parameters()) + (list(prior.parameters()) if prior is not None else [])
@@ -391,6 +398,8 @@ def train(args) -> dict:
         torch.set_rng_state(state["torch_rng"])
         first_step = state["step"] + 1
         history = [r for r in runs.read_json_lines(metrics_path) if r.get("step", math.inf) <= state["step"]]
+        if state.get("record") and (not history or history[-1]["step"] != state["step"]):
+            history.append(json.loads(state["record"]))  # killed between the checkpoint and its metrics line
     runs.atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
 
     steps = range(first_step, args.steps + 1)
@@ -427,7 +436,8 @@ def train(args) -> dict:
                                   "optimiser": optimiser.state_dict(), "sampler": sampler.state_dict(),
                                   "noise": noise.get_state(), "torch_rng": torch.get_rng_state(),
                                   "bank": bank.state_dict() if bank is not None else None,
-                                  "args": _plain_args(args), "step": step}, checkpoint_path)
+                                  "args": _plain_args(args), "step": step, "record": json.dumps(record)},
+                                 checkpoint_path)
             runs.append_line(metrics_path, json.dumps(record))
             history.append(record)
     if not args.no_plots and history:

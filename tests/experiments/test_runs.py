@@ -40,7 +40,10 @@ def test_prepare_output_refuses_a_non_empty_folder(tmp_path):
     assert (tmp_path / "new" / "result.csv").read_text() == "precious"
     runs.prepare_output(str(tmp_path / "new"), resume=True)
     assert (tmp_path / "new" / "result.csv").exists()
-    runs.prepare_output(str(tmp_path / "new"), overwrite=True)
+    with pytest.raises(SystemExit, match="--overwrite deletes only what this command writes, but .* result.csv"):
+        runs.prepare_output(str(tmp_path / "new"), overwrite=True, owned=("checkpoint.pt", "*.png"))
+    assert (tmp_path / "new" / "result.csv").read_text() == "precious"
+    runs.prepare_output(str(tmp_path / "new"), overwrite=True, owned=("result.csv",))
     assert os.listdir(tmp_path / "new") == []
     with pytest.raises(SystemExit, match="needs an existing run"):
         runs.prepare_output(str(tmp_path / "missing"), resume=True)
@@ -303,6 +306,37 @@ def test_training_with_a_bank_resumes_exactly(tmp_path, bank):
 
 def test_bank_options_are_checked(tmp_path):
     out = command("train", *TINY, "--out", str(tmp_path / "a"), "--bank", "fifo", "--bank-size", "600")
-    assert out.returncode != 0 and "--batch-size + --bank-size (632) must fit in the data set (600 points)" in out.stderr
+    assert out.returncode != 0
+    assert "--batch-size + --bank-size (632) must fit in the data set (600 points)" in out.stderr
     out = command("train", *TINY, "--out", str(tmp_path / "b"), "--bank", "dataset", "--objective", "beta-vae")
-    assert out.returncode != 0 and "--bank needs an objective with a TC estimate" in out.stderr
+    assert out.returncode != 0 and "--bank needs an objective that estimates q(z) from the minibatch" in out.stderr
+    out = command("train", *TINY, "--out", str(tmp_path / "c"), "--bank", "dataset", "--objective", "decomposition",
+                  "--divergence", "mmd")
+    assert out.returncode != 0 and "--divergence kl" in out.stderr
+
+
+def test_atomic_files_are_readable_by_others(tmp_path):
+    runs.atomic_write_text(str(tmp_path / "table.md"), "x")
+    mode = (tmp_path / "table.md").stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask
+
+
+def test_overwrite_checks_everything_before_deleting(tmp_path):
+    train.train(parsed(tmp_path, "--steps", "2", "--eval-every", "2"))
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(SystemExit, match="--batch-size 5000 is larger than the data set"):
+        train.train(parsed(tmp_path, "--steps", "2", "--overwrite", "--batch-size", "5000"))
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_keeps_the_runs_step_count_and_its_last_record(tmp_path):
+    train.train(parsed(tmp_path, "--steps", "6", "--eval-every", "3"))
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n")  # killed after the step-6 checkpoint
+    out = command("train", *TINY, "--out", str(tmp_path), "--resume")   # no --steps: the run's own 6
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert runs.load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 6
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6]
