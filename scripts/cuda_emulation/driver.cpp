@@ -4,7 +4,8 @@
 // (fake_cuda/, CMake target cuda_emulation, run.sh) and with nvcc on a GPU (scripts/gpu_session.sh).
 // Outputs start as 7 and workspaces as NaN bytes, so unwritten outputs and reads of unwritten
 // workspace fail the comparison.
-//     driver [quick]    quick: the CI set (without D = 1500 and 70 x 90 x 64)
+//     driver [quick|small]    quick: the CI set (without D = 1500 and 70 x 90 x 64);
+//                             small: a few cases that reach every kernel, for compute-sanitizer
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -231,7 +232,19 @@ static void run_case(const Problem& p, int num_sms, bool check_backward = true, 
 }
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::string(argv[1]) == "quick";
+  const std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "small") {
+    for (bool dense : {false, true}) {
+      run_case<float>(make_problem(17, 17, 4, dense, 1), 132);
+      run_case<double>(make_problem(9, 40, 11, dense, 2), 1);
+    }
+    run_case<float>(make_problem(6, 700, 6, true, 14), 132);   // split rows: forward merge, grad_z sums
+    run_case<float>(make_problem(700, 6, 3, false, 16), 132);  // split columns: grad_mu/logvar sums
+    run_case<double>(make_problem(2, 9, 2048, false, 27), 1);    // *_large kernels, > 48 KB
+    std::printf("%d checks, %d failures, worst finite error %.3g of tolerance\n", checks, failures, worst);
+    return failures != 0;
+  }
+  const bool quick = mode == "quick";
   struct S { int64_t M, K, D; };
   std::vector<S> shapes = {{1, 1, 1}, {3, 5, 2}, {17, 17, 4}, {33, 20, 1}, {9, 40, 11}, {40, 9, 5}, {64, 64, 32}, {50, 37, 10}, {20, 30, 0}};
   if (!quick) shapes.push_back({70, 90, 64});
