@@ -18,8 +18,8 @@ whose estimated cost exceeds the budget left (--budget-s) is written as skipped.
 one-screen summary (also: --summarize, from the JSONL of a run that was killed).
 
 --rehearsal runs the same control flow on the CPU at tiny sizes (CPU clock instead of CUDA events,
-no memory figures, torch.compile with the "eager" backend); TCESTIM_REHEARSAL_FAIL=a,b makes the
-rows whose names contain a or b raise ("oom:a" raises torch.OutOfMemoryError), for
+no memory figures, torch.compile with the "eager" backend); TCESTIM_REHEARSAL_FAIL_ROWS=a,b makes
+the rows whose names contain a or b raise ("oom:a" raises torch.OutOfMemoryError), for
 tests/test_gpu_session.py.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Bench:
         self.md = os.path.join(out_dir, "bench.md")
         self.fused_ms: Dict[tuple, float] = {}
         self.rows: List[Result] = []
-        faults = os.environ.get("TCESTIM_REHEARSAL_FAIL", "") if rehearsal else ""
+        faults = os.environ.get("TCESTIM_REHEARSAL_FAIL_ROWS", "") if rehearsal else ""
         self.faults = [f.strip() for f in faults.split(",") if f.strip()]
         if rehearsal:
             self.meta = {"device": "CPU rehearsal", "sms": 132, "clock_ghz": 1.98}
