@@ -300,8 +300,9 @@ def run(bench: Bench, wanted: List[str]) -> None:
             fn = peers.keops if name == "keops" else getattr(peers, name)
             for mode in ("fwd", "fwdbwd"):
                 bench.peer_row(name, fn, M, D, mode)
-        if i == 0 and "compile" in wanted:
-            compile_rows(bench, M, D)
+        if i == 0:
+            if "compile" in wanted:
+                compile_rows(bench, M, D)
             for shape in op_shapes[1:]:
                 for mode in ("fwd", "fwdbwd"):
                     bench.op_row(*shape, mode)
