@@ -1,5 +1,5 @@
 // Runs the CUDA kernels of csrc/cuda against a naive double reference: forward and backward, both
-// weight modes, float and double, M != K, D from 0 to 2048, split launches, -inf weights, NaN, far
+// weight modes, float and double, M != K, D from 0 to kMaxDim, split launches, -inf weights, NaN, far
 // queries, and a bitwise rerun. One source, two builds: on the CPU under the emulation
 // (fake_cuda/, CMake target cuda_emulation, run.sh) and with nvcc on a GPU (scripts/gpu_session.sh).
 // Outputs start as 7 and workspaces as NaN bytes, so unwritten outputs and reads of unwritten
@@ -240,7 +240,7 @@ int main(int argc, char** argv) {
     }
     run_case<float>(make_problem(6, 700, 6, true, 14), 132);   // split rows: forward merge, grad_z sums
     run_case<float>(make_problem(700, 6, 3, false, 16), 132);  // split columns: grad_mu/logvar sums
-    run_case<double>(make_problem(2, 9, 2048, false, 27), 1);    // *_large kernels, > 48 KB
+    run_case<double>(make_problem(2, 9, kMaxDim, false, 27), 1);    // *_large kernels, > 48 KB
     std::printf("%d checks, %d failures, worst finite error %.3g of tolerance\n", checks, failures, worst);
     return failures != 0;
   }
@@ -260,12 +260,12 @@ int main(int argc, char** argv) {
   run_case<float>(make_problem(5, 7, 300, false, 11), 132, false);  // float joint over 300 dims: ~1e-4
   run_case<double>(make_problem(5, 7, 300, false, 11), 132);
   run_case<double>(make_problem(4, 6, 300, true, 12), 132);
-  run_case<float>(make_problem(2, 9, 2048, true, 26), 132, false);
-  run_case<double>(make_problem(2, 9, 2048, false, 27), 1);
+  run_case<float>(make_problem(2, 9, kMaxDim, true, 26), 132, false);
+  run_case<double>(make_problem(2, 9, kMaxDim, false, 27), 1);
   {
     float x = 0;
-    ForwardArgs<float> bad{&x, &x, &x, nullptr, 1, 1, 2049, 0, 0, 0, &x, &x};
-    if (launch_forward(bad, Launch{nullptr, 1, nullptr}) != cudaErrorInvalidValue) { ++failures; std::printf("FAIL D=2049 accepted\n"); }
+    ForwardArgs<float> bad{&x, &x, &x, nullptr, 1, 1, kMaxDim + 1, 0, 0, 0, &x, &x};
+    if (launch_forward(bad, Launch{nullptr, 1, nullptr}) != cudaErrorInvalidValue) { ++failures; std::printf("FAIL D > kMaxDim accepted\n"); }
   }
   if (!quick) {
     run_case<float>(make_problem(3, 20, 1500, false, 13), 132, false);
