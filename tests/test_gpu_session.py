@@ -75,7 +75,7 @@ def test_an_out_of_memory_row_is_recorded(tmp_path):
 
 
 def test_stage_budgets_are_enforced(tmp_path):
-    done, steps, summary = rehearse(tmp_path, TCESTIM_STAGE1_S="6", TCESTIM_SESSION_S="40",
+    done, steps, summary = rehearse(tmp_path, TCESTIM_STAGE1_S="15", TCESTIM_SESSION_S="60",
                                     TCESTIM_REHEARSAL_SLOW="memcheck:600")
     assert done.returncode == 1
     assert steps["memcheck"] == "timeout"  # killed at the end of stage 1

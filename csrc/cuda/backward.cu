@@ -4,7 +4,7 @@
 //   rows    (owned queries,    streamed components): grad_z (and grad_logw for dense weights)
 //   columns (owned components, streamed queries):    grad_mu, grad_logvar
 // Each tile first computes the joint softmax weights P[i,j] = exp2(lw + sum_d c - log2 q(z_i))
-// (group reduction as above, times grad_log_qz, into shared memory), then the marginal weights
+// (group reduction as in common.cuh, times grad_log_qz, into shared memory), then the marginal weights
 // Q[i,j,d] = exp2(lw + c - log2 q(z_id)) and accumulates W = g_qz P + g_qzd Q times the
 // derivatives: dC/dz = -(z - mu) prec = 2 ln2 * quad * t, dC/dmu = -dC/dz,
 // dC/dlogvar = -0.5 + 0.5 t^2 prec = -ln2 * (quad * t * t + 0.5 log2(e)).

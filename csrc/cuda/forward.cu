@@ -13,7 +13,6 @@
 // Structured weights: tiles that contain no self/next entry for any query of the block (almost
 // all of them) take a uniform path with log_other folded into per-(i, d) constants; the others
 // (and dense weights) evaluate the weight per (query, component).
-//
 #include "common.cuh"
 #include "plan.cuh"
 
