@@ -22,7 +22,8 @@
 # step by a stand-in that prints what the real step's summary reads, and runs the benchmark with
 # --rehearsal on the CPU. TCESTIM_REHEARSAL_FAIL=step,... makes stand-ins fail,
 # TCESTIM_REHEARSAL_SLOW=step:seconds,... makes them sleep, TCESTIM_REHEARSAL_FAIL_ROWS=... makes
-# benchmark rows raise (benchmarks/run_gpu.py); TCESTIM_SESSION_S and TCESTIM_STAGE1_S set the
+# benchmark rows raise (benchmarks/run_gpu.py); TCESTIM_REHEARSAL_REAL=driver_build runs the real
+# nvcc build of the driver (no GPU needed); TCESTIM_SESSION_S and TCESTIM_STAGE1_S set the
 # budgets. Steps: build driver_build driver memcheck racecheck synccheck test_cuda bench.
 set -u
 cd "$(dirname "$0")/.."
@@ -60,6 +61,9 @@ standin() {
   printf '%s\n' "$@"
 }
 
+# rehearsed NAME: true where NAME runs as a stand-in.
+rehearsed() { [ "$REHEARSAL" = 1 ] && [[ ",${TCESTIM_REHEARSAL_REAL:-}," != *",$1,"* ]]; }
+
 build_extension() {
   [ "$REHEARSAL" = 1 ] && { standin build "CUDA kernels registered: True"; return; }
   export TCESTIM_CUDA=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
@@ -81,7 +85,7 @@ build_extension() {
 }
 
 build_driver() {
-  [ "$REHEARSAL" = 1 ] && { standin driver_build "ptxas info    : Used 105 registers" > "$OUT/ptxas.log"; return; }
+  rehearsed driver_build && { standin driver_build "ptxas info    : Used 105 registers" > "$OUT/ptxas.log"; return; }
   local f pids=()
   for f in forward backward; do
     nvcc $NVCC_FLAGS -Xptxas -v -c "csrc/cuda/$f.cu" -o "$WORK/$f.o" > "$WORK/ptxas_$f.log" 2>&1 &
@@ -113,7 +117,7 @@ test_cuda() {
     [ $? = 5 ]
     return
   fi
-  "$PY" -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --durations=8
+  "$PY" -m pytest tests/test_cuda.py -v -rs -p no:cacheprovider --durations=8  # -v: a kill keeps the progress
 }
 
 bench() {  # budget in seconds
@@ -121,7 +125,7 @@ bench() {  # budget in seconds
   [ "$REHEARSAL" = 1 ] && { standin bench || return 1; extra=(--rehearsal); }
   "$PY" benchmarks/run_gpu.py --out "$OUT" --budget-s "$1" "${extra[@]}"
 }
-export -f standin build_extension build_driver run_driver sanitize test_cuda bench
+export -f standin rehearsed build_extension build_driver run_driver sanitize test_cuda bench
 
 # --- steps, stages, budgets ---------------------------------------------------------------------
 
@@ -217,8 +221,8 @@ summary() {
     printf '%-5s %-13s %-10s %5s  %s\n' "$stage" "$name" "$status" "$seconds" "$detail"
   done < "$STEPS"
   if [ -s "$OUT/bench.jsonl" ]; then "$PY" benchmarks/run_gpu.py --summarize "$OUT/bench.jsonl"; fi
-  if [ "$REHEARSAL" != 1 ] && [ -s "$OUT/ptxas.log" ]; then
-    echo "registers (sm_90):"
+  if grep -q "Compiling entry" "$OUT/ptxas.log" 2>/dev/null; then
+    echo "registers (sm_90): | kernel | registers | spill stores / loads (bytes) | stack (bytes) |"
     "$PY" scripts/ptxas_report.py "$OUT/ptxas.log" | grep -E "forward_kernel|backward_(rows|columns)_kernel"
   fi
   echo "files: $(cd "$OUT" && ls | tr '\n' ' ')"

@@ -4,6 +4,7 @@ device tool brings back, the summary, that a failing step loses no other step's 
 the stage budgets are enforced by the script (statuses only, no timing assertions)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -94,6 +95,16 @@ def test_a_failed_build_skips_what_needs_it(tmp_path):
     assert steps["driver"] == steps["racecheck"] == "ok"  # the torch-free driver needs no extension
     assert "needs build" in summary
     assert not (tmp_path / "bench.jsonl").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc")
+def test_rehearsal_with_the_real_driver_build(tmp_path):
+    """The nvcc commands of the GPU session (sm_90 objects, link, ptxas report) need no GPU."""
+    done, steps, summary = rehearse(tmp_path, TCESTIM_REHEARSAL_REAL="driver_build")
+    assert steps["driver_build"] == "ok", (tmp_path / "build.log").read_text()[-3000:]
+    assert "forward_kernel_large" in (tmp_path / "ptxas.log").read_text()
+    assert "registers (sm_90):" in summary
+    assert "| forward_kernel_large double dense |" in summary
 
 
 @pytest.mark.parametrize("fault", ["", "oom:op"])
