@@ -132,8 +132,8 @@ export -f standin rehearsed build_extension build_driver run_driver sanitize tes
 left() { echo $((STAGE_END - $(date +%s))); }
 
 # step NAME MIN_S LOG KEY -- command...: runs the command (a function above) in a fresh bash under
-# `timeout` for the stage's remaining seconds, output appended to LOG; records the status, the
-# seconds and the last line of the output matching the regex KEY.
+# `timeout` for the stage's remaining seconds (at most STEP_CAP where set), output appended to LOG;
+# records the status, the seconds and the last line of the output matching the regex KEY.
 step() {
   local name=$1 min=$2 log=$3 key=$4
   shift 5
@@ -146,6 +146,7 @@ step() {
     return 0
   fi
   echo "== $name ($l s left in stage $STAGE)"
+  if [ -n "${STEP_CAP:-}" ] && [ "$STEP_CAP" -lt "$l" ]; then l=$STEP_CAP; fi
   echo "== $name" >> "$log"
   local t0 rc status detail
   t0=$(date +%s)
@@ -192,9 +193,10 @@ stage1() {
   local build_pid=$!
   step driver_build 20 "$OUT/build.log" "error" -- build_driver
   if needs driver driver_build; then
-    step driver 5 "$OUT/checks.log" "checks,|FATAL" -- run_driver
+    # Capped, so that they never hold back test_cuda once the extension is built.
+    STEP_CAP=60 step driver 5 "$OUT/checks.log" "checks,|FATAL" -- run_driver
     for tool in memcheck racecheck synccheck; do
-      step "$tool" 10 "$OUT/checks.log" "ERROR SUMMARY|FATAL" -- sanitize "$tool"
+      STEP_CAP=45 step "$tool" 10 "$OUT/checks.log" "ERROR SUMMARY|FATAL" -- sanitize "$tool"
     done
   fi
   wait "$build_pid"
