@@ -1,25 +1,26 @@
-"""GPU benchmark of the stratified total correlation: every peer at every size, in one run.
+"""GPU benchmark of the fused kernels and their peers, written row by row as it is measured.
 
-    python benchmarks/run_gpu.py [--quick] [--out DIR] [--repeats N] [--budget-s S] [--peers ...]
+    python benchmarks/run_gpu.py --out DIR [--budget-s S] [--repeats N] [--rehearsal]
+    python benchmarks/run_gpu.py --summarize DIR/bench.jsonl
 
-Peers (benchmarks/peers.py, all computing the same scalar from (B, D) float32 z, mu, logvar):
-fused (tcestim.total_correlation), eager (the materialised (B, B, D) cube), compile
-(torch.compile of eager) and keops (LazyTensors, only where ``import pykeops`` works: the joint via
-``weightedsqnorm`` + ``logsumexp(dim=1)``, the marginals with D as a batch dimension because KeOps
-has no vector-valued logsumexp). Sizes: B = M = K in {1024, 4096, 8192}, D in {10, 64}; forward
-(the value) and forward+backward (value and gradients for z, mu, logvar).
+Rows, most important first (all float32; B = M = K, stratified weights, N = peers.DATASET_SIZE):
+  op       torch.ops.tcestim.mixture_logdensity alone, forward and forward+backward, against the
+           exp-unit floor (M K D exponentials at 16/clock/SM on the device's SMs and clock)
+  large    M = K = 65536, D = 64 forward+backward: time and memory beyond inputs/outputs/grads
+  exact    tcestim.decompose_exact: 10 000 queries against 737 280 components (dSprites), D = 10
+  fused / eager / keops   the stratified total correlation (benchmarks/peers.py) at every size
+  compile  torch.compile of eager at one shape only (COMPILE_SHAPE): its compile is the first call
 
-Timings use CUDA events around single calls: warm-up calls first (torch.compile and KeOps compile
-there; the time of the first call is reported apart), then the median of ``--repeats`` (>= 10)
-timed calls. Peak MiB is torch.cuda.max_memory_allocated during one call minus what was allocated
-before it. Eager and compile are skipped where their cubes would not fit in the device's memory.
-A second table times the fused operator alone (torch.ops.tcestim.mixture_logdensity, no Python
-estimator around it) against the exp-unit floor of KERNELS.md, and a last line measures M = K =
-65536, D = 64 forward+backward memory.
+Every row is appended to DIR/bench.jsonl (one JSON object) and DIR/bench.md (one table row) as
+soon as it is measured, so a crash, a kill at the deadline or an out-of-memory never loses the
+rows before it. Every measurement is guarded: an exception becomes a row with the error. A row
+whose estimated cost exceeds the budget left (--budget-s) is written as skipped. The end prints a
+one-screen summary (also: --summarize, from the JSONL of a run that was killed).
 
-Writes ``DIR/gpu-<device>-<date>.md`` (and ``.json``), rewritten after every configuration so an
-interrupted run keeps what it measured, and prints the tables. ``--budget-s`` stops starting new
-configurations after that many seconds (fused first, then eager, compile, keops).
+--rehearsal runs the same control flow on the CPU at tiny sizes (CPU clock instead of CUDA events,
+no memory figures, torch.compile with the "eager" backend); TCESTIM_REHEARSAL_FAIL_ROWS=a,b makes
+the rows whose names contain a or b raise ("oom:a" raises torch.OutOfMemoryError), for
+tests/test_gpu_session.py.
 """
 from __future__ import annotations
 
@@ -29,9 +30,7 @@ import json
 import math
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -46,214 +45,225 @@ import tcestim  # noqa: E402
 from tcestim.weights import estimator_log_weights  # noqa: E402
 
 import peers  # noqa: E402  (benchmarks/ is not a package)
-from report import Result, ratio as _ratio, status as _status  # noqa: E402
+from report import Result, ratio, status  # noqa: E402
 
-SIZES_M = (1024, 4096, 8192)
-SIZES_D = (10, 64)
-QUICK_SIZES_M = (1024, 4096)
-PEER_ORDER = ("fused", "eager", "compile", "keops")
-LARGE_M = 65536
-LARGE_D = 64
-EXP_PER_S = 16 * 132 * 1.98e9
-"""H100 SXM exp (MUFU) throughput, KERNELS.md: 16 ex2/clock/SM x 132 SMs x 1.98 GHz."""
+EXP_PER_CLOCK_PER_SM = 16
+"""MUFU ex2 throughput per SM and clock (Hopper)."""
 BACKWARD_FLOOR_FACTOR = 2.6 / 1.03
-"""KERNELS.md: forward+backward floor / forward floor at M = K = 8192, D = 64."""
+"""Forward+backward floor / forward floor at M = K = 8192, D = 64 (exp count of the two sweeps)."""
 EAGER_CUBES = {"fwd": 4, "fwdbwd": 8}
-"""Cubes of (M, M, D) float32 that eager (and compile's backward) keep alive at its peak, rounded up."""
+"""(M, M, D) float32 cubes eager keeps alive at its peak (compile: half), rounded up."""
 
-LOG_2PI = math.log(2.0 * math.pi)
-
-
-# --- inputs and peers ---------------------------------------------------------------------------
-
-def make_inputs(M: int, D: int, *, seed: int = 0, device="cuda", requires_grad=False):
-    """A batch of M encodings on the GPU: z[i] ~ N(mu[i], exp(logvar[i])), float32."""
-    gen = torch.Generator(device=device).manual_seed(seed)
-    mu = torch.randn(M, D, generator=gen, device=device)
-    logvar = torch.rand(M, D, generator=gen, device=device) * -3.0
-    z = mu + torch.randn(M, D, generator=gen, device=device) * torch.exp(0.5 * logvar)
-    return [t.requires_grad_(requires_grad) for t in (z, mu, logvar)]
-
-
-def keops_available() -> bool:
-    try:
-        import pykeops  # noqa: F401
-    except Exception:  # ImportError, or a broken install
-        return False
-    return True
+SIZES = {  # name -> GPU value, rehearsal value
+    "op": ([(8192, 64), (8192, 10), (4096, 64), (4096, 10), (1024, 64), (1024, 10)], [(64, 8), (32, 3)]),
+    "peers": ([(1024, 10), (1024, 64), (4096, 10), (4096, 64), (8192, 10), (8192, 64)], [(32, 3), (64, 8)]),
+    "compile": ((8192, 64), (64, 8)),
+    "large": ((65536, 64), (256, 8)),
+    "exact": ((10_000, 737_280, 10), (200, 3000, 4)),
+}
+TARGET_MS = {(8192, 64, "fwd"): 1.5, (8192, 64, "fwdbwd"): 5.0}
+"""The kernels' issue's targets (float32, stratified weights)."""
+ESTIMATE_S = {"op": 3, "large": 20, "exact": 10, "fused": 3, "eager": 8, "keops": 30, "compile": 90}
+"""Rough cost of one row (warm-up, compile, timed calls) used to skip rows that cannot finish."""
 
 
-def keops_tc(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """Stratified TC with KeOps: joint by a weighted squared norm, marginals with D as batch dim."""
-    from pykeops.torch import LazyTensor
+class Bench:
+    def __init__(self, out_dir: str, budget_s: float, repeats: int, rehearsal: bool):
+        self.rehearsal = rehearsal
+        self.device = torch.device("cpu" if rehearsal else "cuda")
+        self.repeats = repeats
+        self.deadline = time.perf_counter() + budget_s
+        self.jsonl = os.path.join(out_dir, "bench.jsonl")
+        self.md = os.path.join(out_dir, "bench.md")
+        self.fused_ms: Dict[tuple, float] = {}
+        self.rows: List[Result] = []
+        faults = os.environ.get("TCESTIM_REHEARSAL_FAIL_ROWS", "") if rehearsal else ""
+        self.faults = [f.strip() for f in faults.split(",") if f.strip()]
+        if rehearsal:
+            self.meta = {"device": "CPU rehearsal", "sms": 132, "clock_ghz": 1.98, "clock": "assumed"}
+        else:
+            props = torch.cuda.get_device_properties(0)
+            clock = getattr(props, "clock_rate", 0) / 1e6  # kHz -> GHz, where torch still reports it
+            self.meta = {"device": props.name, "sms": props.multi_processor_count, "clock_ghz": clock or 1.98,
+                         "clock": "read" if clock else "assumed (H100/H200 boost)"}
+        self.meta.update(torch=torch.__version__, cuda=str(torch.version.cuda), python=platform.python_version(),
+                         tcestim=tcestim.__version__, date=datetime.datetime.now().isoformat(timespec="seconds"))
+        os.makedirs(out_dir, exist_ok=True)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps({"meta": self.meta}) + "\n")
+        with open(self.md, "a") as f:
+            f.write(f"# tcestim GPU benchmark\n\n{self.meta['device']}, {self.meta['sms']} SMs at "
+                    f"{self.meta['clock_ghz']:.2f} GHz ({self.meta['clock']}); torch {self.meta['torch']} (CUDA {self.meta['cuda']}); "
+                    f"Python {self.meta['python']}; {self.meta['date']}.\n\n"
+                    "| row | M | K | D | mode | median ms | min ms | first call ms | peak MiB | "
+                    "÷ floor or ÷ fused | note |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n")
 
-    B, D = z.shape
-    N = peers.DATASET_SIZE
-    log_self = -math.log(N)
-    log_other = math.log(N - 1) - math.log(N) - math.log(B - 1)
-    index = torch.arange(B, dtype=z.dtype, device=z.device)
-    precision = torch.exp(-logvar)
-    offset = -0.5 * (LOG_2PI + logvar)
+    # --- timing --------------------------------------------------------------------------------
 
-    same = (0.5 - (LazyTensor(index.view(B, 1, 1)) - LazyTensor(index.view(1, B, 1))).abs()).step()
-    log_w = log_other + (log_self - log_other) * same                                 # (B, B)
-    z_i, mu_j = LazyTensor(z.view(B, 1, D)), LazyTensor(mu.view(1, B, D))
-    prec_j = LazyTensor(precision.view(1, B, D))
-    offset_j = LazyTensor(offset.sum(1).view(1, B, 1))
-    log_qz = (log_w + offset_j - 0.5 * (z_i - mu_j).weightedsqnorm(prec_j)).logsumexp(dim=1).view(B)
+    def sync(self):
+        if not self.rehearsal:
+            torch.cuda.synchronize()
 
-    def by_dim(t, shape):
-        return LazyTensor(t.t().contiguous().view(shape))
-
-    same_b = (0.5 - (LazyTensor(index.view(1, B, 1, 1)) - LazyTensor(index.view(1, 1, B, 1))).abs()).step()
-    log_w_b = log_other + (log_self - log_other) * same_b                             # (1, B, B)
-    z_b, mu_b = by_dim(z, (D, B, 1, 1)), by_dim(mu, (D, 1, B, 1))
-    prec_b, offset_b = by_dim(precision, (D, 1, B, 1)), by_dim(offset, (D, 1, B, 1))
-    cube = offset_b - 0.5 * prec_b * (z_b - mu_b).square()                          # (D, B, B)
-    log_qzd = (log_w_b + cube).logsumexp(dim=2).view(D, B).t()                       # (B, D)
-    return (log_qz - log_qzd.sum(1)).mean()
-
-
-def get_peer(name: str) -> Callable:
-    if name == "fused":
-        return peers.fused
-    if name == "eager":
-        return peers.eager
-    if name == "compile":
-        return peers.make_compiled()
-    if name == "keops":
-        return keops_tc
-    raise ValueError(name)
-
-
-def fits(name: str, M: int, D: int, mode: str) -> bool:
-    """Whether eager/compile's cubes fit in 90% of the device memory (the others always do)."""
-    if name not in ("eager", "compile"):
-        return True
-    cube = M * M * D * 4
-    cubes = EAGER_CUBES[mode] if name == "eager" else max(1, EAGER_CUBES[mode] // 2)
-    return cubes * cube < 0.9 * torch.cuda.get_device_properties(0).total_memory
-
-
-# --- timing -------------------------------------------------------------------------------------
-
-def time_calls(call: Callable[[], object], repeats: int, warmup: int) -> Dict[str, float]:
-    """First-call ms, then median/min ms of `repeats` CUDA-event-timed calls, and peak extra MiB."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    call()
-    torch.cuda.synchronize()
-    first_ms = (time.perf_counter() - start) * 1e3
-    for _ in range(warmup):
+    def time_calls(self, call: Callable[[], object], repeats: int) -> Dict[str, float]:
+        """First-call ms, median/min ms of the timed calls after two warm-ups, peak extra MiB."""
+        self.sync()
+        start = time.perf_counter()
         call()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        begin.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(begin.elapsed_time(end))
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    out = call()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - before) / 2**20
-    del out
-    return {"first_ms": first_ms, "median_ms": statistics.median(times), "min_ms": min(times),
-            "peak_mib": peak}
+        self.sync()
+        first_ms = (time.perf_counter() - start) * 1e3
+        for _ in range(2):
+            call()
+        times = []
+        for _ in range(repeats):
+            if self.rehearsal:
+                begin = time.perf_counter()
+                call()
+                times.append((time.perf_counter() - begin) * 1e3)
+            else:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                call()
+                end.record()
+                end.synchronize()
+                times.append(begin.elapsed_time(end))
+        out = {"first_ms": first_ms, "median_ms": statistics.median(times), "min_ms": min(times)}
+        if not self.rehearsal:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            result = call()
+            torch.cuda.synchronize()
+            out["peak_mib"] = (torch.cuda.max_memory_allocated() - before) / 2**20
+            del result
+        return out
 
+    # --- rows ----------------------------------------------------------------------------------
 
-def measure(name: str, fn: Callable, M: int, D: int, mode: str, repeats: int) -> Result:
-    result: Result = {"peer": name, "M": M, "D": D, "mode": mode}
-    if not fits(name, M, D, mode):
-        result["skipped"] = "cube does not fit"
+    def row(self, name: str, kind: str, M: int, K: int, D: int, mode: str,
+            measure: Callable[[], Result]) -> Result:
+        """Measures one row (guarded, within the budget) and writes it at once."""
+        result: Result = {"row": name, "kind": kind, "M": M, "K": K, "D": D, "mode": mode}
+        left = self.deadline - time.perf_counter()
+        started = time.perf_counter()
+        if left < ESTIMATE_S[kind]:
+            result["skipped"] = f"budget: {left:.0f} s left, needs ~{ESTIMATE_S[kind]} s"
+        else:
+            try:
+                for fault in self.faults:
+                    if fault.startswith("oom:") and fault[4:] in name:
+                        raise torch.OutOfMemoryError(f"injected out of memory in {name}")
+                    if not fault.startswith("oom:") and fault in name:
+                        raise RuntimeError(f"injected failure in {name}")
+                result.update(measure())
+            except torch.OutOfMemoryError as error:
+                result["error"] = f"out of memory: {str(error).splitlines()[0][:120]}"
+            except Exception as error:  # one failing implementation must not stop the run
+                first = str(error).splitlines()[0][:160] if str(error) else ""
+                result["error"] = f"{type(error).__name__}: {first}"
+                traceback.print_exc()
+            finally:
+                if not self.rehearsal:
+                    torch.cuda.empty_cache()
+        result["elapsed_s"] = round(time.perf_counter() - started, 2)
+        if kind == "fused" and "median_ms" in result:
+            self.fused_ms[(M, D, mode)] = result["median_ms"]
+        if kind in ("eager", "compile", "keops"):
+            result["vs_fused"] = ratio(result.get("median_ms"), self.fused_ms.get((M, D, mode)))
+        self.write(result)
         return result
-    z, mu, logvar = make_inputs(M, D, requires_grad=(mode == "fwdbwd"))
-    if mode == "fwd":
-        def call():
+
+    def write(self, r: Result):
+        self.rows.append(r)
+        with open(self.jsonl, "a") as f:
+            f.write(json.dumps(r) + "\n")
+        relative = r.get("vs_fused") or (ratio(r.get("median_ms"), r["floor_ms"]) if "floor_ms" in r else "")
+        note = status(r) or r.get("note", "")
+        with open(self.md, "a") as f:
+            f.write(f"| {r['row']} | {r['M']} | {r['K']} | {r['D']} | {r['mode']} | {_ms(r.get('median_ms'))} "
+                    f"| {_ms(r.get('min_ms'))} | {_ms(r.get('first_ms'))} | {_mib(r.get('peak_mib'))} "
+                    f"| {relative} | {note} |\n")
+        print(f"  {r['row']:28s} {status(r) or _ms(r.get('median_ms')) + ' ms'}", flush=True)
+
+    def inputs(self, M: int, D: int, requires_grad: bool, seed: int = 0):
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        mu = torch.randn(M, D, generator=gen, device=self.device)
+        logvar = torch.rand(M, D, generator=gen, device=self.device) * -3.0
+        z = mu + torch.randn(M, D, generator=gen, device=self.device) * torch.exp(0.5 * logvar)
+        return [t.requires_grad_(requires_grad) for t in (z, mu, logvar)]
+
+    def op_row(self, M: int, D: int, mode: str) -> Result:
+        def measure() -> Result:
+            weights = estimator_log_weights("stratified", M, peers.DATASET_SIZE)
+            z, mu, logvar = self.inputs(M, D, mode == "fwdbwd")
+            op = torch.ops.tcestim.mixture_logdensity
+
+            def call():
+                if mode == "fwd":
+                    with torch.no_grad():
+                        return op(z, mu, logvar, *weights)
+                log_qz, log_qzd = op(z, mu, logvar, *weights)
+                return torch.autograd.grad((log_qz - log_qzd.sum(1)).mean(), (z, mu, logvar))
+
+            out = self.time_calls(call, self.repeats)
+            exp_per_s = EXP_PER_CLOCK_PER_SM * self.meta["sms"] * self.meta["clock_ghz"] * 1e9
+            out["floor_ms"] = M * M * D / exp_per_s * 1e3 * (1 if mode == "fwd" else BACKWARD_FLOOR_FACTOR)
+            target = TARGET_MS.get((M, D, mode))
+            if target is not None:
+                out["note"] = f"target <= {target} ms: {'met' if out['median_ms'] <= target else 'MISSED'}"
+            return out
+        return self.row(f"op M{M} D{D} {mode}", "op", M, M, D, mode, measure)
+
+    def large_row(self) -> Result:
+        M, D = SIZES["large"][self.rehearsal]
+
+        def measure() -> Result:
+            weights = estimator_log_weights("stratified", M, peers.DATASET_SIZE)
+            z, mu, logvar = self.inputs(M, D, True)
+
+            def call():
+                log_qz, log_qzd = torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *weights)
+                return torch.autograd.grad((log_qz - log_qzd.sum(1)).mean(), (z, mu, logvar))
+
+            out = self.time_calls(call, max(3, self.repeats // 3))
+            if "peak_mib" in out:
+                kept = (M + M * D + 3 * M * D) * 4 / 2**20  # outputs and gradients
+                out["note"] = f"{out['peak_mib'] - kept:.0f} MiB beyond outputs and gradients"
+            return out
+        return self.row(f"large M{M} D{D} fwdbwd", "large", M, M, D, "fwdbwd", measure)
+
+    def exact_row(self) -> Result:
+        M, N, D = SIZES["exact"][self.rehearsal]
+
+        def measure() -> Result:
+            z, mu, logvar = self.inputs(M, D, False, seed=1)
+            mu_all, logvar_all, _ = self.inputs(N, D, False, seed=2)
+
+            def call():
+                with torch.no_grad():
+                    return tcestim.decompose_exact(z, mu, logvar, mu_all, logvar_all, progress=False)
+            return self.time_calls(call, 3)
+        return self.row(f"exact M{M} N{N} D{D}", "exact", M, N, D, "fwd", measure)
+
+    def peer_row(self, name: str, fn: Callable, M: int, D: int, mode: str) -> Result:
+        def measure() -> Result:
+            cube = M * M * D * 4
+            cubes = EAGER_CUBES[mode] // (2 if name == "compile" else 1)
+            if name in ("eager", "compile") and not self.rehearsal and \
+                    cubes * cube > 0.9 * torch.cuda.get_device_properties(0).total_memory:
+                return {"skipped": "cube does not fit"}
+            z, mu, logvar = self.inputs(M, D, mode == "fwdbwd")
+
+            def call():
+                if mode == "fwd":
+                    with torch.no_grad():
+                        return fn(z, mu, logvar)
+                value = fn(z, mu, logvar)
+                return value, torch.autograd.grad(value, (z, mu, logvar))
+            out = self.time_calls(call, self.repeats)
             with torch.no_grad():
-                return fn(z, mu, logvar)
-    else:
-        def call():
-            value = fn(z, mu, logvar)
-            return value, torch.autograd.grad(value, (z, mu, logvar))
-    try:
-        result.update(time_calls(call, repeats, warmup=2))
-        with torch.no_grad():
-            result["value"] = float(fn(z, mu, logvar))
-    except torch.cuda.OutOfMemoryError:
-        result["skipped"] = "out of memory"
-    except Exception as error:  # a peer failing must not stop the run
-        result["error"] = f"{type(error).__name__}: {str(error).splitlines()[0][:160] if str(error) else ''}"
-        traceback.print_exc()
-    finally:
-        del z, mu, logvar
-        torch.cuda.empty_cache()
-    return result
-
-
-def measure_operator(M: int, D: int, mode: str, repeats: int) -> Result:
-    """The fused operator alone (structured stratified weights), against the exp floor."""
-    weights = estimator_log_weights("stratified", M, peers.DATASET_SIZE)
-    z, mu, logvar = make_inputs(M, D, requires_grad=(mode == "fwdbwd"))
-    op = torch.ops.tcestim.mixture_logdensity
-
-    if mode == "fwd":
-        def call():
-            with torch.no_grad():
-                return op(z, mu, logvar, *weights)
-    else:
-        def call():
-            log_qz, log_qzd = op(z, mu, logvar, *weights)
-            return torch.autograd.grad((log_qz - log_qzd.sum(1)).mean(), (z, mu, logvar))
-    result: Result = {"peer": "fused op", "M": M, "D": D, "mode": mode}
-    result.update(time_calls(call, repeats, warmup=2))
-    floor_ms = M * M * D / EXP_PER_S * 1e3 * (1 if mode == "fwd" else BACKWARD_FLOOR_FACTOR)
-    result["floor_ms"] = floor_ms
-    result["gelem_s"] = M * M * D / (result["median_ms"] * 1e-3) / 1e9
-    return result
-
-
-def measure_large(repeats: int) -> Result:
-    """M = K = 65536, D = 64 forward+backward of the fused operator: peak memory beyond the
-    inputs, outputs and gradients, and time."""
-    M, D = LARGE_M, LARGE_D
-    weights = estimator_log_weights("stratified", M, peers.DATASET_SIZE)
-    z, mu, logvar = make_inputs(M, D, requires_grad=True)
-
-    def call():
-        log_qz, log_qzd = torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *weights)
-        return torch.autograd.grad((log_qz - log_qzd.sum(1)).mean(), (z, mu, logvar))
-
-    result: Result = {"peer": "fused op", "M": M, "D": D, "mode": "fwdbwd"}
-    timing = time_calls(call, max(3, repeats // 3), warmup=1)
-    kept = (M + M * D + 3 * M * D) * 4 / 2**20  # outputs and gradients
-    result.update(timing)
-    result["peak_extra_mib"] = timing["peak_mib"] - kept
-    return result
-
-
-# --- report -------------------------------------------------------------------------------------
-
-def device_slug(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-
-
-def git_revision() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
-                                "../tcestim", "../csrc"], cwd=HERE, capture_output=True, text=True,
-                               timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown commit"
-    if head.returncode != 0:
-        return "unknown commit"
-    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+                out["value"] = float(fn(z, mu, logvar))
+            return out
+        return self.row(f"{name} M{M} D{D} {mode}", name, M, M, D, mode, measure)
 
 
 def _ms(value) -> str:
@@ -262,179 +272,108 @@ def _ms(value) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.0f}"
 
 
+def _mib(value) -> str:
+    return "—" if value is None else f"{value:.0f}"
 
 
-def peer_table(results: List[Result]) -> str:
-    lines = ["| M | D | peer | fwd ms | fwd+bwd ms | first fwd+bwd call ms | peak MiB fwd+bwd "
-             "| fwd ÷ fused | fwd+bwd ÷ fused | TC − fused TC |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
-    by_key = {(r["peer"], r["M"], r["D"], r["mode"]): r for r in results}
-    for M in sorted({r["M"] for r in results}):
-        for D in sorted({r["D"] for r in results if r["M"] == M}):
-            fused_fwd = by_key.get(("fused", M, D, "fwd"), {})
-            fused_bwd = by_key.get(("fused", M, D, "fwdbwd"), {})
-            for name in PEER_ORDER:
-                fwd, bwd = by_key.get((name, M, D, "fwd")), by_key.get((name, M, D, "fwdbwd"))
-                if fwd is None and bwd is None:
-                    continue
-                fwd, bwd = fwd or {}, bwd or {}
-                diff = "—"
-                if "value" in fwd and "value" in fused_fwd:
-                    diff = f"{fwd['value'] - fused_fwd['value']:.1e}"
-                cells = [_ms(fwd.get("median_ms")) if not _status(fwd) else _status(fwd),
-                         _ms(bwd.get("median_ms")) if not _status(bwd) else _status(bwd),
-                         _ms(bwd.get("first_ms")), _ms(bwd.get("peak_mib")),
-                         _ratio(fwd.get("median_ms"), fused_fwd.get("median_ms")),
-                         _ratio(bwd.get("median_ms"), fused_bwd.get("median_ms")), diff]
-                lines.append(f"| {M} | {D} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def compiled_peer(rehearsal: bool) -> Callable:
+    if not rehearsal:
+        return peers.make_compiled()
+    torch._dynamo.reset()
+    return torch.compile(peers.eager, dynamic=False, fullgraph=True, backend="eager")
 
 
-def operator_table(results: List[Result]) -> str:
-    lines = ["| M = K | D | mode | ms (median) | ms (min) | exp floor ms | ÷ floor | Gelem/s | peak MiB |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        if "median_ms" not in r:
-            lines.append(f"| {r['M']} | {r['D']} | {r['mode']} | {_status(r)} | | | | | |")
-            continue
-        lines.append(f"| {r['M']} | {r['D']} | {r['mode']} | {_ms(r['median_ms'])} | {_ms(r['min_ms'])} "
-                     f"| {r['floor_ms']:.3g} | {_ratio(r['median_ms'], r.get('floor_ms'))} "
-                     f"| {r.get('gelem_s', 0):.0f} | {r['peak_mib']:.1f} |")
-    return "\n".join(lines)
-
-
-def report(meta: Dict[str, str], peer_results: List[Result], op_results: List[Result],
-           large: Optional[Result], notes: List[str]) -> str:
-    out = [
-        "# tcestim GPU benchmark: stratified total correlation",
-        "",
-        f"Device: {meta['device']}; torch {meta['torch']} (CUDA {meta['cuda']}); tcestim "
-        f"{meta['tcestim']} at {meta['commit']}; Python {meta['python']}; {meta['date']}.",
-        "",
-        f"float32; B = M = K queries and components, dataset size N = {peers.DATASET_SIZE} "
-        "(stratified weights). Times: median of the timed calls (CUDA events, after warm-up calls; "
-        "the first call, where torch.compile and KeOps compile, is listed apart). Peak MiB: "
-        "torch.cuda.max_memory_allocated during one call minus what was allocated before it. "
-        "Ratios: the peer's time ÷ fused's (higher = fused faster). TC − fused TC: the peer's "
-        "value minus fused's (a correctness check).",
-        "",
-        "## Peers",
-        "",
-        peer_table(peer_results),
-        "",
-        "## The fused operator alone",
-        "",
-        "torch.ops.tcestim.mixture_logdensity (log_qz and log_qzd), forward and forward+backward "
-        "of (log_qz - log_qzd.sum(1)).mean(). Exp floor: M·K·D exponentials at 16/clock/SM × 132 "
-        "SMs × 1.98 GHz (H100 SXM, KERNELS.md), times "
-        f"{BACKWARD_FLOOR_FACTOR:.2f} for forward+backward. Targets of the CUDA kernels' issue on "
-        "an H100: forward <= 1.5 ms and forward+backward <= 5 ms at M = K = 8192, D = 64.",
-        "",
-        operator_table(op_results),
-        "",
-    ]
-    if large is not None:
-        if "median_ms" in large:
-            out += [f"M = K = {LARGE_M}, D = {LARGE_D}, forward+backward of the fused operator: "
-                    f"{_ms(large['median_ms'])} ms (median), peak extra memory "
-                    f"{large['peak_extra_mib']:.0f} MiB beyond inputs, outputs and gradients "
-                    f"(the cube would be {LARGE_M * LARGE_M * LARGE_D * 4 / 2**30:.0f} GiB).", ""]
-        else:
-            out += [f"M = K = {LARGE_M}, D = {LARGE_D}: {_status(large)}", ""]
-    if notes:
-        out += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    return "\n".join(out)
-
-
-# --- main ---------------------------------------------------------------------------------------
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="M in (1024, 4096) only")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"))
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--budget-s", type=float, default=420.0,
-                        help="start no new configuration after this many seconds")
-    parser.add_argument("--peers", default=",".join(PEER_ORDER),
-                        help="comma-separated subset of " + ",".join(PEER_ORDER))
-    args = parser.parse_args()
-    if not torch.cuda.is_available():
-        print("run_gpu.py: no CUDA device visible to torch", file=sys.stderr)
-        return 2
-    if not tcestim._extension.has_fused_kernel(torch.device("cuda")):
-        print("run_gpu.py: tcestim has no CUDA kernel (build with TCESTIM_CUDA=1)", file=sys.stderr)
-        return 2
-    repeats = max(10, args.repeats)
-    started = time.perf_counter()
-    date = datetime.date.today().isoformat()
-    device = torch.cuda.get_device_name(0)
-    meta = {"device": device, "torch": torch.__version__, "cuda": str(torch.version.cuda),
-            "tcestim": tcestim.__version__, "commit": git_revision(),
-            "python": platform.python_version(), "date": date}
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"gpu-{device_slug(device)}-{date}" + ("-quick" if args.quick else ""))
-    notes: List[str] = []
-    wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
-    if "keops" in wanted and not keops_available():
-        wanted.remove("keops")
-        notes.append("KeOps: `import pykeops` failed here (not installed), so no KeOps column.")
-    sizes_m = QUICK_SIZES_M if args.quick else SIZES_M
-    peer_results: List[Result] = []
-    op_results: List[Result] = []
-    large: Optional[Result] = None
-
-    def write():
-        text = report(meta, peer_results, op_results, large, notes)
-        with open(stem + ".md", "w") as f:
-            f.write(text)
-        with open(stem + ".json", "w") as f:
-            json.dump({"meta": meta, "peers": peer_results, "operator": op_results, "large": large,
-                       "notes": notes}, f, indent=1)
-        return text
-
-    skipped: List[str] = []
-
-    def over_budget(what: str) -> bool:
-        if time.perf_counter() - started <= args.budget_s:
-            return False
-        if not skipped:
-            notes.append(f"over the time budget of {args.budget_s:.0f} s, not measured: "
-                         "(see the list that follows)")
-        skipped.append(what)
-        notes[-1] = (f"over the time budget of {args.budget_s:.0f} s, not measured: "
-                     + ", ".join(skipped))
-        return True
-
-    # The fused operator alone, then the large-memory run, then peers in priority order.
-    for M in sizes_m:
-        for D in SIZES_D:
+def run(bench: Bench, wanted: List[str]) -> None:
+    """Rows in priority order: the headline operator shape, the memory and exact rows, every peer at
+    the compile shape (torch.compile there only), then the other operator and peer shapes."""
+    g = bench.rehearsal
+    op_shapes, peer_shapes = SIZES["op"][g], SIZES["peers"][g]
+    compile_shape = SIZES["compile"][g]
+    for mode in ("fwd", "fwdbwd"):
+        bench.op_row(*op_shapes[0], mode)
+    bench.large_row()
+    bench.exact_row()
+    names = [n for n in ("fused", "eager", "keops") if n in wanted]
+    peer_order = [compile_shape] + [shape for shape in peer_shapes if shape != compile_shape]
+    for i, (M, D) in enumerate(peer_order):
+        for name in names:
+            fn = peers.keops if name == "keops" else getattr(peers, name)
             for mode in ("fwd", "fwdbwd"):
-                op_results.append(measure_operator(M, D, mode, repeats))
-                print(f"  fused op M={M} D={D} {mode}: {op_results[-1]['median_ms']:.3f} ms", flush=True)
-    write()
-    try:
-        large = measure_large(repeats)
-        print(f"  large M={LARGE_M} D={LARGE_D}: {large['median_ms']:.1f} ms, "
-              f"{large['peak_extra_mib']:.0f} MiB extra", flush=True)
-    except Exception as error:
-        large = {"M": LARGE_M, "D": LARGE_D, "error": f"{type(error).__name__}: {error}"}
-    torch.cuda.empty_cache()
-    write()
-    for name in wanted:
-        for M in sizes_m:
-            for D in SIZES_D:
-                if over_budget(f"{name} M={M} D={D}"):
-                    continue
-                fn = get_peer(name)  # a fresh torch.compile per shape (static shapes)
+                bench.peer_row(name, fn, M, D, mode)
+        if i == 0:
+            if "compile" in wanted:
+                compile_rows(bench, M, D)
+            for shape in op_shapes[1:]:
                 for mode in ("fwd", "fwdbwd"):
-                    r = measure(name, fn, M, D, mode, repeats)
-                    peer_results.append(r)
-                    print(f"  {name:8s} M={M:<5d} D={D:<3d} {mode:7s}: "
-                          f"{_status(r) or _ms(r['median_ms']) + ' ms'}", flush=True)
-                    write()
-    text = write()
-    print(text)
-    print(f"wrote {stem}.md and {stem}.json in {time.perf_counter() - started:.0f} s")
+                    bench.op_row(*shape, mode)
+
+
+def compile_rows(bench: Bench, M: int, D: int) -> None:
+    try:
+        fn = compiled_peer(bench.rehearsal)
+    except Exception as error:  # torch.compile unusable here: one row says so
+        bench.write({"row": f"compile M{M} D{D}", "kind": "compile", "M": M, "K": M, "D": D, "mode": "fwd",
+                     "error": f"{type(error).__name__}: {error}"})
+        return
+    for mode in ("fwd", "fwdbwd"):
+        bench.peer_row("compile", fn, M, D, mode)
+
+
+def summarize(path: str) -> str:
+    """One screen: the headline rows, every failure, and counts."""
+    meta, rows = {}, []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+            if "meta" in obj:
+                meta = obj["meta"]
+            else:
+                rows.append(obj)
+    measured = [r for r in rows if "median_ms" in r]
+    failed = [r for r in rows if "error" in r]
+    skipped = [r for r in rows if "skipped" in r]
+    lines = [f"benchmark: {meta.get('device', '?')}: {len(measured)} rows measured, {len(failed)} failed, "
+             f"{len(skipped)} skipped"]
+    first_op = next(((r["M"], r["D"]) for r in rows if r["kind"] == "op"), None)
+    for r in rows:
+        headline = r["kind"] in ("large", "exact", "compile") or (r["kind"] == "op" and (r["M"], r["D"]) == first_op)
+        if headline or "error" in r:
+            extra = r.get("vs_fused") or (ratio(r.get("median_ms"), r["floor_ms"]) + " floor" if "floor_ms" in r else "")
+            lines.append(f"  {r['row']:28s} {status(r) or _ms(r.get('median_ms')) + ' ms'}  {extra}  {r.get('note', '')}".rstrip())
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--budget-s", type=float, default=240.0, help="rows that would end later are skipped")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--peers", default="fused,eager,compile,keops")
+    parser.add_argument("--rehearsal", action="store_true", help="CPU stand-in at tiny sizes")
+    parser.add_argument("--summarize", metavar="JSONL", help="print the summary of a (possibly killed) run")
+    args = parser.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize))
+        return 0
+    if not args.rehearsal:
+        if not torch.cuda.is_available():
+            print("run_gpu.py: no CUDA device visible to torch", file=sys.stderr)
+            return 2
+        if not tcestim._extension.has_fused_kernel(torch.device("cuda")):
+            print("run_gpu.py: tcestim has no CUDA kernel (build with TCESTIM_CUDA=1)", file=sys.stderr)
+            return 2
+    wanted = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if "keops" in wanted and not peers.keops_available():
+        wanted.remove("keops")
+    bench = Bench(args.out, args.budget_s, max(3 if args.rehearsal else 10, args.repeats), args.rehearsal)
+    run(bench, wanted)
+    print(summarize(bench.jsonl))
     return 0
 
 

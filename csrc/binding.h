@@ -15,6 +15,8 @@
 
 #include <tuple>
 
+#include "kernel_args.h"
+
 namespace tcestim {
 namespace binding {
 
@@ -199,6 +201,26 @@ const T* data_or_null(const Tensor& t) {
 template <typename T>
 T* mutable_data_or_null(Tensor& t) {
   return t.defined() ? t.mutable_data_ptr<T>() : nullptr;
+}
+
+// The kernels' arguments (kernel_args.h) for a checked call: pointers into its tensors.
+template <typename T>
+ForwardArgs<T> kernel_args(ForwardCall& c) {
+  return ForwardArgs<T>{c.z.const_data_ptr<T>(), c.mu.const_data_ptr<T>(),
+                        c.logvar.const_data_ptr<T>(), data_or_null<T>(c.log_weights),
+                        c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
+                        c.log_qz.mutable_data_ptr<T>(), c.log_qzd.mutable_data_ptr<T>()};
+}
+
+template <typename T>
+BackwardArgs<T> kernel_args(BackwardCall& c) {
+  return BackwardArgs<T>{c.grad_qz.const_data_ptr<T>(), c.grad_qzd.const_data_ptr<T>(),
+                         c.z.const_data_ptr<T>(), c.mu.const_data_ptr<T>(),
+                         c.logvar.const_data_ptr<T>(), data_or_null<T>(c.log_weights),
+                         c.log_qz.const_data_ptr<T>(), c.log_qzd.const_data_ptr<T>(),
+                         c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
+                         c.grad_z.mutable_data_ptr<T>(), c.grad_mu.mutable_data_ptr<T>(),
+                         c.grad_logvar.mutable_data_ptr<T>(), mutable_data_or_null<T>(c.grad_logw)};
 }
 
 }  // namespace binding

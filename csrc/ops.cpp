@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "cpu/kernel_table.h"
+#include "kernel_args.h"
 
 TORCH_LIBRARY(tcestim, m) {
   m.def("mixture_logdensity(Tensor z, Tensor mu, Tensor logvar, float log_self, float log_next, "
@@ -60,8 +61,14 @@ TORCH_LIBRARY_IMPL(tcestim, CompositeExplicitAutograd, m) {
   m.impl("set_cpu_isa", &set_cpu_isa);
 }
 
-// Importing tcestim._C registers the operators above (torch.ops.tcestim.*).
+// Importing tcestim._C registers the operators above (torch.ops.tcestim.*). CUDA_MAX_DIM is the
+// largest D of the CUDA kernels, for the Python side's choice of kernel or fallback.
 extern "C" PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddIntConstant(module, "CUDA_MAX_DIM", tcestim::kCudaMaxDim) != 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }

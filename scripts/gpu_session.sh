@@ -1,110 +1,248 @@
 #!/usr/bin/env bash
-# One command for a GPU session: build tcestim with its CUDA kernels from source, run the CUDA
-# tests and the rest of the suite, then the GPU benchmark; everything is logged into "$OUT".
+# A GPU session in two stages that ends within SESSION_S = 360 s of command time, so that a fix and
+# a second run fit in one 15-minute lease. From the repository root, with the device tool:
+#     run(command="bash scripts/gpu_session.sh", timeout_s=420)
 #
-# With the device tool (from the repository root; ~9 minutes, it stops itself before 10):
-#     run(command="bash scripts/gpu_session.sh", timeout_s=600)              # no KeOps column
-#     run(command="bash scripts/gpu_session.sh", timeout_s=600, carry=[".whl"])  # with KeOps
-# Files that come back (7, under the tool's limit of 8): session.log (all output), build.log,
-# ptxas.log (registers/spills of every kernel for sm_90), test_cuda.log, test_all.log,
-# gpu-<device>-<date>.md and .json (copy those two into benchmarks/results/).
+# Stage 1 (STAGE1_S = 180 s): the extension builds for sm_90 in the background (MAX_JOBS=16) while
+#   nvcc builds the torch-free driver (scripts/cuda_emulation/driver.cpp with csrc/cuda/*.cu: the
+#   emulation's checks against the float64 reference, on the GPU), which then runs in full and, at
+#   small sizes, under compute-sanitizer memcheck, racecheck and synccheck; then the CUDA cases of
+#   tests/test_ops.py and tests/test_exact.py (-k cuda).
+# Stage 2 (the rest, less SUMMARY_S): benchmarks/run_gpu.py, every row into $OUT as it is measured.
+# Every step runs under `timeout` for what is left of its stage, and is skipped when less than its
+# minimum is left, so no stage outlasts its budget; a failing step stops only the steps that need
+# its output (test_cuda and the benchmark need the extension; the driver runs need the driver).
+# The end prints a one-screen summary. Exit status 1 if a step failed or timed out.
 #
-# KeOps is not installed on the GPU image and cannot be fetched there. Before the session, on the
-# CPU machine, `bash scripts/gpu_session.sh prepare` builds pure-Python wheels of pykeops and
-# keopscore 2.3 into .whl/ (ignored through .git/info/exclude); carry ".whl" and the session
-# installs them into /tmp/site. KeOps compiles its formulas with nvrtc at first use (in the
-# benchmark's first call, reported apart), and it runs last, within the benchmark's time budget.
+# $OUT gets 8 files (the device tool returns at most 8): session.log (everything printed),
+# build.log (extension and driver builds), ptxas.log (registers/spills per kernel, sm_90),
+# checks.log (driver and sanitizers), test_cuda.log, bench.jsonl and bench.md (benchmark rows;
+# bench.md becomes benchmarks/results/gpu-<device>-<date>.md), summary.txt.
+#
+# Rehearsal without a GPU (tests/test_gpu_session.py): TCESTIM_GPU_REHEARSAL=1 replaces each GPU
+# step by a stand-in that prints what the real step's summary reads, and runs the benchmark with
+# --rehearsal on the CPU. TCESTIM_REHEARSAL_FAIL=step,... makes stand-ins fail,
+# TCESTIM_REHEARSAL_SLOW=step:seconds,... makes them sleep, TCESTIM_REHEARSAL_FAIL_ROWS=... makes
+# benchmark rows raise (benchmarks/run_gpu.py); TCESTIM_REHEARSAL_REAL=driver_build runs the real
+# nvcc build of the driver (no GPU needed); TCESTIM_SESSION_S and TCESTIM_STAGE1_S set the
+# budgets. Steps: build driver_build driver memcheck racecheck synccheck test_cuda bench.
 set -u
-
-if [ "${1:-}" = "prepare" ]; then
-  set -e
-  cd "$(dirname "$0")/.."
-  exclude=$(git rev-parse --git-path info/exclude)
-  mkdir -p "$(dirname "$exclude")"
-  grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >> "$exclude"
-  mkdir -p .whl
-  tmp=$(mktemp -d)
-  python3 -m pip download --no-deps --no-binary=:all: -d "$tmp" pykeops==2.3 keopscore==2.3
-  python3 -m pip wheel --no-deps -w .whl "$tmp"/*.tar.gz
-  rm -rf "$tmp"
-  ls -la .whl
-  exit 0
-fi
-
 cd "$(dirname "$0")/.."
-OUT=${OUT:-/tmp/tcestim-gpu-session}
+export ROOT=$PWD
+export OUT=${OUT:-/tmp/tcestim-gpu-session}
 mkdir -p "$OUT"
-PY=${PYTHON:-python3}
+export REHEARSAL=${TCESTIM_GPU_REHEARSAL:-0}
+export PY=${PYTHON:-python3}
+SESSION_S=${TCESTIM_SESSION_S:-360}
+STAGE1_S=${TCESTIM_STAGE1_S:-180}
+SUMMARY_S=10
+export WORK
+WORK=$(mktemp -d)
+STEPS=$WORK/steps  # stage|step|status|seconds|detail, one line per step
 START=$(date +%s)
-DEADLINE=$((START + ${SESSION_SECONDS:-540}))  # the device tool kills a command at 600 s
-left() { echo $((DEADLINE - $(date +%s))); }
-export PYTHONUNBUFFERED=1
-# An in-place build is not installed: subprocesses (torchrun tests, the benchmark) import from here.
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+NVCC_FLAGS="-std=c++17 -O3 --use_fast_math -gencode arch=compute_90,code=sm_90 -lineinfo -I csrc/cuda"
+export NVCC_FLAGS
 
-build() {
-  # setup.py reads pyproject.toml, whose PEP 639 license field needs setuptools >= 77; with an
-  # older setuptools the same build runs from a copy without pyproject.toml.
-  if timeout 240 "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1; then return 0; fi
-  echo "build in place failed (tail of build.log below); retrying without pyproject.toml"
-  tail -15 "$OUT/build.log"
-  local tmp
-  tmp=$(mktemp -d)
-  cp -r setup.py csrc tcestim "$tmp"/
-  (cd "$tmp" && timeout 240 "$PY" setup.py build_ext --inplace) >> "$OUT/build.log" 2>&1 \
-    && cp "$tmp"/tcestim/_C*.so tcestim/
+# --- the GPU steps and their stand-ins ----------------------------------------------------------
+
+# standin NAME LINE...: prints the lines a real step prints; fails or sleeps when asked to.
+standin() {
+  local name=$1 item
+  shift
+  for item in ${TCESTIM_REHEARSAL_SLOW//,/ }; do
+    [ "${item%%:*}" = "$name" ] && sleep "${item#*:}"
+  done
+  for item in ${TCESTIM_REHEARSAL_FAIL//,/ }; do
+    if [ "$item" = "$name" ]; then
+      echo "rehearsal: injected failure of $name"
+      return 1
+    fi
+  done
+  printf '%s\n' "$@"
+}
+
+# rehearsed NAME: true where NAME runs as a stand-in.
+rehearsed() { [ "$REHEARSAL" = 1 ] && [[ ",${TCESTIM_REHEARSAL_REAL:-}," != *",$1,"* ]]; }
+
+build_extension() {
+  [ "$REHEARSAL" = 1 ] && { standin build "CUDA kernels registered: True"; return; }
+  export TCESTIM_CUDA=1 MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0
+  if [ -z "${CUDA_HOME:-}" ] && [ -f /usr/local/cuda/include/cuda_runtime_api.h ]; then export CUDA_HOME=/usr/local/cuda; fi
+  rm -rf build/temp.* tcestim/_C*.so
+  if ! "$PY" setup.py build_ext --inplace > "$WORK/setup.log" 2>&1; then
+    cat "$WORK/setup.log"
+    # setuptools < 77 rejects pyproject.toml's license field: build from a copy without it.
+    grep -qi "license" "$WORK/setup.log" || return 1
+    echo "retrying without pyproject.toml"
+    local tmp
+    tmp=$(mktemp -d)
+    cp -r setup.py csrc tcestim "$tmp"/ && (cd "$tmp" && "$PY" setup.py build_ext --inplace) \
+      && cp "$tmp"/tcestim/_C*.so tcestim/ || return 1
+  else
+    tail -5 "$WORK/setup.log"
+  fi
+  "$PY" -c "import torch, tcestim; ok = torch._C._dispatch_has_kernel_for_dispatch_key('tcestim::mixture_logdensity', 'CUDA'); print('CUDA kernels registered:', ok); assert ok"
+}
+
+build_driver() {
+  rehearsed driver_build && { standin driver_build "ptxas info    : Used 105 registers" > "$OUT/ptxas.log"; return; }
+  local f pids=()
+  for f in forward backward; do
+    nvcc $NVCC_FLAGS -Xptxas -v -c "csrc/cuda/$f.cu" -o "$WORK/$f.o" > "$WORK/ptxas_$f.log" 2>&1 &
+    pids+=($!)
+  done
+  nvcc $NVCC_FLAGS -c scripts/cuda_emulation/driver.cpp -o "$WORK/driver.o" || return 1
+  for f in "${pids[@]}"; do wait "$f" || { cat "$WORK"/ptxas_*.log; return 1; }; done
+  cat "$WORK"/ptxas_*.log > "$OUT/ptxas.log"
+  nvcc $NVCC_FLAGS -o "$WORK/driver" "$WORK/driver.o" "$WORK/forward.o" "$WORK/backward.o"
+}
+
+run_driver() {
+  [ "$REHEARSAL" = 1 ] && { standin driver "487188 checks, 0 failures, worst finite error 0.812 of tolerance"; return; }
+  "$WORK/driver"
+}
+
+sanitize() {  # tool
+  [ "$REHEARSAL" = 1 ] && { standin "$1" "========= ERROR SUMMARY: 0 errors"; return; }
+  local cs
+  cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+  "$cs" --tool "$1" --error-exitcode 1 --print-limit 20 "$WORK/driver" small
+}
+
+# The CUDA cases of the one op suite (the cuda backend and the cuda-only tests).
+CUDA_TESTS=(tests/test_ops.py tests/test_exact.py -k cuda -rs -p no:cacheprovider)
+
+test_cuda() {
+  if [ "$REHEARSAL" = 1 ]; then
+    standin test_cuda || return 1
+    # The real selection, which skips its cases without a GPU (0: all skipped, 5: none collected).
+    "$PY" -m pytest "${CUDA_TESTS[@]}" -q
+    local status=$?
+    [ $status = 0 ] || [ $status = 5 ]
+    return
+  fi
+  "$PY" -m pytest "${CUDA_TESTS[@]}" -v --durations=8  # -v: a kill keeps the progress
+}
+
+bench() {  # budget in seconds
+  local extra=()
+  [ "$REHEARSAL" = 1 ] && { standin bench || return 1; extra=(--rehearsal); }
+  "$PY" benchmarks/run_gpu.py --out "$OUT" --budget-s "$1" "${extra[@]}"
+}
+export -f standin rehearsed build_extension build_driver run_driver sanitize test_cuda bench
+
+# --- steps, stages, budgets ---------------------------------------------------------------------
+
+left() { echo $((STAGE_END - $(date +%s))); }
+
+# step NAME MIN_S LOG KEY -- command...: runs the command (a function above) in a fresh bash under
+# `timeout` for the stage's remaining seconds (at most STEP_CAP where set), output appended to LOG;
+# records the status, the seconds and the last line of the output matching the regex KEY.
+step() {
+  local name=$1 min=$2 log=$3 key=$4
+  shift 5
+  [ "$REHEARSAL" = 1 ] && min=1
+  local l
+  l=$(left)
+  if [ "$l" -lt "$min" ]; then
+    echo "$STAGE|$name|skipped|0|${l} s left in stage $STAGE, needs ${min} s" >> "$STEPS"
+    echo "== $name: skipped (${l} s left in stage $STAGE, needs ${min} s)"
+    return 0
+  fi
+  echo "== $name ($l s left in stage $STAGE)"
+  if [ -n "${STEP_CAP:-}" ] && [ "$STEP_CAP" -lt "$l" ]; then l=$STEP_CAP; fi
+  echo "== $name" >> "$log"
+  local t0 rc status detail
+  t0=$(date +%s)
+  timeout -k 5 "$l" bash -c "$*" > "$WORK/$name.out" 2>&1
+  rc=$?
+  cat "$WORK/$name.out" >> "$log"
+  case $rc in
+    0) status=ok ;;
+    124|137) status=timeout ;;
+    *) status="FAIL($rc)" ;;
+  esac
+  detail=$(grep -E "$key" "$WORK/$name.out" | tail -1 | cut -c1-110)
+  echo "$STAGE|$name|$status|$(( $(date +%s) - t0 ))|$detail" >> "$STEPS"
+  if [ "$status" = ok ]; then tail -2 "$WORK/$name.out"; else tail -15 "$WORK/$name.out"; fi
+  echo "== $name: $status"
+}
+
+# needs NAME STEP...: records NAME as skipped unless every STEP is ok.
+needs() {
+  local name=$1 s
+  shift
+  for s in "$@"; do
+    if ! grep -q "^[0-9]|$s|ok|" "$STEPS" 2>/dev/null; then
+      echo "$STAGE|$name|skipped|0|needs $s" >> "$STEPS"
+      echo "== $name: skipped (needs $s)"
+      return 1
+    fi
+  done
+}
+
+stage1() {
+  STAGE=1
+  STAGE_END=$((START + STAGE1_S))
+  echo "== machine"
+  if [ "$REHEARSAL" = 1 ]; then
+    echo "rehearsal: no GPU; stand-ins for the GPU steps"
+  else
+    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+    nvcc --version | tail -2
+  fi
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+  : > "$OUT/build.log"
+  step build 60 "$WORK/build_ext.log" "CUDA kernels registered" -- build_extension &
+  local build_pid=$!
+  step driver_build 20 "$OUT/build.log" "error" -- build_driver
+  if needs driver driver_build; then
+    # Capped, so that they never hold back test_cuda once the extension is built.
+    STEP_CAP=60 step driver 5 "$OUT/checks.log" "checks,|FATAL" -- run_driver
+    for tool in memcheck racecheck synccheck; do
+      STEP_CAP=45 step "$tool" 10 "$OUT/checks.log" "ERROR SUMMARY|FATAL" -- sanitize "$tool"
+    done
+  fi
+  wait "$build_pid"
+  cat "$WORK/build_ext.log" >> "$OUT/build.log" 2>/dev/null
+  if needs test_cuda build; then
+    step test_cuda 30 "$OUT/test_cuda.log" "passed|failed|skipped|error" -- test_cuda
+  fi
+}
+
+stage2() {
+  STAGE=2
+  STAGE_END=$((START + SESSION_S - SUMMARY_S))
+  if needs bench build; then
+    local budget=$(( $(left) - 15 ))
+    [ "$budget" -lt 1 ] && budget=1
+    step bench 30 "$WORK/bench.log" "rows measured" -- bench "$budget"
+  fi
+}
+
+summary() {
+  echo "== summary: $(( $(date +%s) - START )) s of $SESSION_S (stage 1 budget $STAGE1_S s)$([ "$REHEARSAL" = 1 ] && echo ', REHEARSAL')"
+  printf '%-5s %-13s %-10s %5s  %s\n' stage step status s detail
+  while IFS='|' read -r stage name status seconds detail; do
+    printf '%-5s %-13s %-10s %5s  %s\n' "$stage" "$name" "$status" "$seconds" "$detail"
+  done < "$STEPS"
+  if [ -s "$OUT/bench.jsonl" ]; then "$PY" benchmarks/run_gpu.py --summarize "$OUT/bench.jsonl"; fi
+  if grep -q "Compiling entry" "$OUT/ptxas.log" 2>/dev/null; then
+    echo "registers (sm_90): | kernel | registers | spill stores / loads (bytes) | stack (bytes) |"
+    "$PY" scripts/ptxas_report.py "$OUT/ptxas.log" | grep -E "forward_kernel|backward_(rows|columns)_kernel"
+  fi
+  echo "files: $(cd "$OUT" && ls | tr '\n' ' ')"
 }
 
 main() {
-  echo "== machine"
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || true
-  "$PY" -c "import sys, torch, setuptools; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, 'setuptools', setuptools.__version__, 'device', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
-  which nvcc && nvcc --version | tail -2
-
-  if ls .whl/*.whl > /dev/null 2>&1; then
-    echo "== carried wheels"
-    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-  fi
-
-  echo "== build ($(left) s left)"
-  rm -rf build/temp.* tcestim/_C*.so
-  export TCESTIM_CUDA=1 MAX_JOBS=${MAX_JOBS:-16} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
-  if [ -z "${CUDA_HOME:-}" ] && [ -f /usr/local/cuda/include/cuda_runtime_api.h ]; then export CUDA_HOME=/usr/local/cuda; fi
-  local t0
-  t0=$(date +%s)
-  if ! build; then
-    tail -40 "$OUT/build.log"
-    echo "BUILD FAILED after $(( $(date +%s) - t0 )) s"
-    return 1
-  fi
-  echo "built in $(( $(date +%s) - t0 )) s"
-  "$PY" -c "import torch, tcestim; print('CUDA kernels registered:', torch._C._dispatch_has_kernel_for_dispatch_key('tcestim::mixture_logdensity', 'CUDA'))"
-
-  # Register and spill report of every kernel, on the CPU while the GPU runs the tests.
-  ( nvcc -std=c++17 -O3 --use_fast_math -gencode arch=compute_90,code=sm_90 -Xptxas -v \
-      -c csrc/cuda/mixture_logdensity_kernels.cu -o /tmp/tcestim_kernels_sm90.o > "$OUT/ptxas.log" 2>&1 ) &
-
-  echo "== the cuda backend of the op suite ($(left) s left)"
-  timeout 240 "$PY" -m pytest tests/test_ops.py tests/test_exact.py -k cuda -q -rs --durations=12 -p no:cacheprovider 2>&1 | tee "$OUT/test_cuda.log"
-
-  echo "== the other tests ($(left) s left)"
-  local other=$(( $(left) - 300 ))
-  if [ "$other" -gt 30 ]; then
-    timeout "$other" "$PY" -m pytest -q -p no:cacheprovider -k "not cuda" 2>&1 | tee "$OUT/test_all.log"
-  else
-    echo "skipped: too little time left" | tee "$OUT/test_all.log"
-  fi
-
-  echo "== benchmarks/run_gpu.py ($(left) s left)"
-  local budget=$(( $(left) - 75 )) limit=$(( $(left) - 5 ))
-  [ "$budget" -lt 30 ] && budget=30
-  [ "$limit" -lt 60 ] && limit=60
-  timeout "$limit" "$PY" benchmarks/run_gpu.py --out "$OUT" --budget-s "$budget"
-  wait
-  echo "== done in $(( $(date +%s) - START )) s"
-  ls -la "$OUT"
+  stage1
+  stage2
+  summary | tee "$OUT/summary.txt"
+  ! grep -qE '\|(FAIL|timeout)' "$STEPS"
 }
 
 main 2>&1 | tee "$OUT/session.log"
-exit "${PIPESTATUS[0]}"
+status=${PIPESTATUS[0]}
+rm -rf "$WORK"
+exit "$status"

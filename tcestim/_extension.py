@@ -9,7 +9,7 @@ import torch
 _LOAD_ERROR: Exception | None = None
 
 try:
-    from tcestim import _C  # noqa: F401  (importing registers torch.ops.tcestim.*)
+    from tcestim import _C  # importing registers torch.ops.tcestim.*
 except ImportError as error:  # pragma: no cover - exercised only on broken installs
     _LOAD_ERROR = error
     if os.environ.get("TCESTIM_REQUIRE_EXTENSION", "0") not in ("0", ""):
@@ -43,8 +43,9 @@ def _fused_device_types() -> frozenset:
                      if torch._C._dispatch_has_kernel_for_dispatch_key("tcestim::mixture_logdensity", key))
 
 
-# Largest D the CUDA kernels take (tcestim::cuda::kMaxDim); larger D on CUDA uses the fallback.
-CUDA_MAX_DIM = 2048
+# Largest D the CUDA kernels take, as the extension declares it (csrc/kernel_args.h); larger D on
+# CUDA uses the fallback. 0 without the extension (nothing is fused then).
+CUDA_MAX_DIM = _C.CUDA_MAX_DIM if _LOAD_ERROR is None else 0
 
 # Fixed at import (a plain set, so torch.compile treats the lookup as a constant).
 FUSED_DEVICE_TYPES = _fused_device_types()

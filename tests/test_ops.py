@@ -36,7 +36,7 @@ import torch
 import tcestim
 import tcestim.testing
 from tcestim import _fallback
-from tcestim._extension import has_fused_kernel
+from tcestim._extension import CUDA_MAX_DIM, has_fused_kernel
 from tcestim.weights import StructuredLogWeights
 
 import reference
@@ -44,7 +44,7 @@ from helpers import WEIGHTS, make_inputs, mixture, posterior, reference_outputs,
 
 MODES = ["structured", "dense"]
 DTYPES = pytest.mark.parametrize("dtype", tcestim.testing.DTYPES, ids=["f32", "f64"])
-MAX_DIM = 2048  # tcestim::cuda::kMaxDim
+MAX_DIM = CUDA_MAX_DIM  # from the extension (csrc/kernel_args.h)
 
 # (M, K, D): sizes straddle every lane width (2..16), M != K both ways, D == 1; then D in
 # {1, 10, 64, 300} off every CUDA tile and thread boundary; then few rows on one side (the CUDA
@@ -475,9 +475,10 @@ def test_dimension_limit_and_device_checks(backend):
     with pytest.raises(RuntimeError, match=f"D <= {MAX_DIM}"):
         torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *WEIGHTS)
     z, mu, logvar, lw = make_inputs(3, 4, 2, torch.float32, device=backend.device)
-    with pytest.raises(RuntimeError, match="expected CUDA tensors"):
+    # The dispatcher picks the CUDA kernel; binding.h's check_on_device names the stray tensor.
+    with pytest.raises(RuntimeError, match=r"expected mu on the cuda device of z \(cuda:0\), got cpu"):
         torch.ops.tcestim.mixture_logdensity(z, mu.cpu(), logvar, *WEIGHTS)
-    with pytest.raises(RuntimeError, match="log_weights"):
+    with pytest.raises(RuntimeError, match=r"expected log_weights on the cuda device of z \(cuda:0\), got cpu"):
         torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, lw.cpu())
     with pytest.raises(RuntimeError, match="share one dtype"):
         torch.ops.tcestim.mixture_logdensity(z, mu.double(), logvar, *WEIGHTS)

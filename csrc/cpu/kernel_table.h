@@ -5,42 +5,16 @@
 #include <cstdint>
 #include <functional>
 
+#include "../kernel_args.h"
+
 namespace tcestim {
 namespace cpu {
 
 // Runs fn(begin, end) over disjoint ranges covering [0, num_tasks), possibly in parallel.
 using ParallelFor = std::function<void(int64_t num_tasks, const std::function<void(int64_t, int64_t)>& fn)>;
 
-// log_weights == nullptr selects the structured weights (log_self, log_next, log_other).
-template <typename T>
-struct ForwardArgs {
-  const T* z;            // (M, D)
-  const T* mu;           // (K, D)
-  const T* logvar;       // (K, D)
-  const T* log_weights;  // (M, K) or nullptr
-  int64_t M, K, D;
-  double log_self, log_next, log_other;
-  T* log_qz;   // (M,)   output
-  T* log_qzd;  // (M, D) output
-};
-
-template <typename T>
-struct BackwardArgs {
-  const T* grad_qz;      // (M,)
-  const T* grad_qzd;     // (M, D)
-  const T* z;            // (M, D)
-  const T* mu;           // (K, D)
-  const T* logvar;       // (K, D)
-  const T* log_weights;  // (M, K) or nullptr
-  const T* log_qz;       // (M,)   saved forward output
-  const T* log_qzd;      // (M, D) saved forward output
-  int64_t M, K, D;
-  double log_self, log_next, log_other;
-  T* grad_z;       // (M, D) output
-  T* grad_mu;      // (K, D) output
-  T* grad_logvar;  // (K, D) output
-  T* grad_logw;    // (M, K) output, dense weights only (else nullptr)
-};
+using tcestim::BackwardArgs;
+using tcestim::ForwardArgs;
 
 template <typename T>
 struct KernelTable {

@@ -18,26 +18,13 @@ struct CpuBackend {
 
   static void forward(const char*, binding::ForwardCall& c) {
     AT_DISPATCH_FLOATING_TYPES(c.z.scalar_type(), "tcestim_cpu", [&] {
-      const cpu::ForwardArgs<scalar_t> args{
-          c.z.const_data_ptr<scalar_t>(), c.mu.const_data_ptr<scalar_t>(),
-          c.logvar.const_data_ptr<scalar_t>(), binding::data_or_null<scalar_t>(c.log_weights),
-          c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
-          c.log_qz.mutable_data_ptr<scalar_t>(), c.log_qzd.mutable_data_ptr<scalar_t>()};
-      cpu::active_kernels<scalar_t>().forward(args, kParallelFor);
+      cpu::active_kernels<scalar_t>().forward(binding::kernel_args<scalar_t>(c), kParallelFor);
     });
   }
 
   static void backward(const char*, binding::BackwardCall& c) {
     AT_DISPATCH_FLOATING_TYPES(c.z.scalar_type(), "tcestim_cpu", [&] {
-      const cpu::BackwardArgs<scalar_t> args{
-          c.grad_qz.const_data_ptr<scalar_t>(), c.grad_qzd.const_data_ptr<scalar_t>(),
-          c.z.const_data_ptr<scalar_t>(), c.mu.const_data_ptr<scalar_t>(),
-          c.logvar.const_data_ptr<scalar_t>(), binding::data_or_null<scalar_t>(c.log_weights),
-          c.log_qz.const_data_ptr<scalar_t>(), c.log_qzd.const_data_ptr<scalar_t>(),
-          c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
-          c.grad_z.mutable_data_ptr<scalar_t>(), c.grad_mu.mutable_data_ptr<scalar_t>(),
-          c.grad_logvar.mutable_data_ptr<scalar_t>(), binding::mutable_data_or_null<scalar_t>(c.grad_logw)};
-      cpu::active_kernels<scalar_t>().backward(args, kParallelFor);
+      cpu::active_kernels<scalar_t>().backward(binding::kernel_args<scalar_t>(c), kParallelFor);
     });
   }
 };

@@ -1,6 +1,6 @@
 // CUDA implementations of the tcestim operators: argument checks, then the kernels of
 // mixture_logdensity_kernels.h on the current stream (compiled by the host compiler; the kernels
-// themselves are in the .cu file, which includes no torch headers).
+// themselves are in forward.cu and backward.cu, which include no torch headers).
 //
 // Only the c10/cuda headers are used (c10::cuda::getCurrentCUDAStream is what
 // at::cuda::getCurrentCUDAStream names): ATen/cuda/CUDAContext.h would also pull in the cuBLAS,
@@ -46,15 +46,11 @@ struct CudaBackend {
     check_dimension(op, c.D);
     const c10::cuda::CUDAGuard guard(c.z.device());
     AT_DISPATCH_FLOATING_TYPES(c.z.scalar_type(), "tcestim_cuda", [&] {
-      cuda::ForwardArgs<scalar_t> args{
-          c.z.const_data_ptr<scalar_t>(), c.mu.const_data_ptr<scalar_t>(),
-          c.logvar.const_data_ptr<scalar_t>(), binding::data_or_null<scalar_t>(c.log_weights),
-          c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
-          c.log_qz.mutable_data_ptr<scalar_t>(), c.log_qzd.mutable_data_ptr<scalar_t>(),
-          nullptr, num_sms()};
-      const Tensor ws = workspace(cuda::forward_workspace_bytes(args), c.z);
-      args.workspace = ws.mutable_data_ptr();
-      check_launch(op, cuda::launch_forward(args, c10::cuda::getCurrentCUDAStream().stream()));
+      const auto args = binding::kernel_args<scalar_t>(c);
+      const int sms = num_sms();
+      const Tensor ws = workspace(cuda::forward_workspace_bytes(args, sms), c.z);
+      const cuda::Launch launch{ws.mutable_data_ptr(), sms, c10::cuda::getCurrentCUDAStream().stream()};
+      check_launch(op, cuda::launch_forward(args, launch));
     });
   }
 
@@ -62,18 +58,11 @@ struct CudaBackend {
     check_dimension(op, c.D);
     const c10::cuda::CUDAGuard guard(c.z.device());
     AT_DISPATCH_FLOATING_TYPES(c.z.scalar_type(), "tcestim_cuda", [&] {
-      cuda::BackwardArgs<scalar_t> args{
-          c.grad_qz.const_data_ptr<scalar_t>(), c.grad_qzd.const_data_ptr<scalar_t>(),
-          c.z.const_data_ptr<scalar_t>(), c.mu.const_data_ptr<scalar_t>(),
-          c.logvar.const_data_ptr<scalar_t>(), binding::data_or_null<scalar_t>(c.log_weights),
-          c.log_qz.const_data_ptr<scalar_t>(), c.log_qzd.const_data_ptr<scalar_t>(),
-          c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
-          c.grad_z.mutable_data_ptr<scalar_t>(), c.grad_mu.mutable_data_ptr<scalar_t>(),
-          c.grad_logvar.mutable_data_ptr<scalar_t>(), binding::mutable_data_or_null<scalar_t>(c.grad_logw),
-          nullptr, num_sms()};
-      const Tensor ws = workspace(cuda::backward_workspace_bytes(args), c.z);
-      args.workspace = ws.mutable_data_ptr();
-      check_launch(op, cuda::launch_backward(args, c10::cuda::getCurrentCUDAStream().stream()));
+      const auto args = binding::kernel_args<scalar_t>(c);
+      const int sms = num_sms();
+      const Tensor ws = workspace(cuda::backward_workspace_bytes(args, sms), c.z);
+      const cuda::Launch launch{ws.mutable_data_ptr(), sms, c10::cuda::getCurrentCUDAStream().stream()};
+      check_launch(op, cuda::launch_backward(args, launch));
     });
   }
 };

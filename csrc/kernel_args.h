@@ -1,0 +1,52 @@
+// Arguments of the mixture log-density kernels, shared by every device: the torch binding
+// (binding.h) fills them, the CPU kernels (cpu/kernel_table.h) and the CUDA kernels
+// (cuda/mixture_logdensity_kernels.h) read them. No torch and no CUDA headers.
+//
+//   C[i,j,d]     = log N(z[i,d]; mu[j,d], exp(logvar[j,d]))
+//   log_qz[i]    = logsumexp_j( logw[i,j] + sum_d C[i,j,d] )      (joint)
+//   log_qzd[i,d] = logsumexp_j( logw[i,j] + C[i,j,d] )             (per-dimension marginals)
+//
+// All arrays are row-major and contiguous, on the device of the kernels that read them.
+// log_weights == nullptr selects the structured weights: log_self if j == i, log_next if
+// j == (i + 1) mod M, log_other otherwise (self wins), natural log.
+#pragma once
+
+#include <cstdint>
+
+namespace tcestim {
+
+// Largest D the CUDA kernels accept (a thread owns 4 dimensions, a block at most 512 threads).
+// The Python package reads it from the extension (tcestim._C.CUDA_MAX_DIM).
+constexpr int64_t kCudaMaxDim = 2048;
+
+template <typename T>
+struct ForwardArgs {
+  const T* z;            // (M, D)
+  const T* mu;           // (K, D)
+  const T* logvar;       // (K, D)
+  const T* log_weights;  // (M, K) or nullptr (structured)
+  int64_t M, K, D;
+  double log_self, log_next, log_other;  // structured weights, unused if dense
+  T* log_qz;   // (M,)   output
+  T* log_qzd;  // (M, D) output
+};
+
+template <typename T>
+struct BackwardArgs {
+  const T* grad_qz;      // (M,)
+  const T* grad_qzd;     // (M, D)
+  const T* z;            // (M, D)
+  const T* mu;           // (K, D)
+  const T* logvar;       // (K, D)
+  const T* log_weights;  // (M, K) or nullptr (structured)
+  const T* log_qz;       // (M,)   saved forward output
+  const T* log_qzd;      // (M, D) saved forward output
+  int64_t M, K, D;
+  double log_self, log_next, log_other;
+  T* grad_z;       // (M, D) output
+  T* grad_mu;      // (K, D) output
+  T* grad_logvar;  // (K, D) output
+  T* grad_logw;    // (M, K) output for dense weights (else ignored, may be nullptr)
+};
+
+}  // namespace tcestim
