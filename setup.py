@@ -6,8 +6,8 @@ GPU must still build the CUDA kernels when its torch has CUDA.
 import glob
 import os
 
-from setuptools import setup
 import torch
+from setuptools import setup
 from torch.utils import cpp_extension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

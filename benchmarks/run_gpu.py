@@ -27,25 +27,24 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import os
 import platform
 import statistics
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(1, os.path.dirname(HERE))  # the checkout, for an in-place (not installed) build
-import tcestim  # noqa: E402
-from tcestim.weights import estimator_log_weights  # noqa: E402
-
 import peers  # noqa: E402  (benchmarks/ is not a package)
 from report import Result, ratio, status  # noqa: E402
+
+import tcestim  # noqa: E402
+from tcestim.weights import estimator_log_weights  # noqa: E402
 
 EXP_PER_CLOCK_PER_SM = 16
 """MUFU ex2 throughput per SM and clock (Hopper)."""
@@ -93,7 +92,8 @@ class Bench:
             f.write(json.dumps({"meta": self.meta}) + "\n")
         with open(self.md, "a") as f:
             f.write(f"# tcestim GPU benchmark\n\n{self.meta['device']}, {self.meta['sms']} SMs at "
-                    f"{self.meta['clock_ghz']:.2f} GHz ({self.meta['clock']}); torch {self.meta['torch']} (CUDA {self.meta['cuda']}); "
+                    f"{self.meta['clock_ghz']:.2f} GHz ({self.meta['clock']}); torch {self.meta['torch']} "
+                    f"(CUDA {self.meta['cuda']}); "
                     f"Python {self.meta['python']}; {self.meta['date']}.\n\n"
                     "| row | M | K | D | mode | median ms | min ms | first call ms | peak MiB | "
                     "÷ floor or ÷ fused | note |\n|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|\n")
@@ -344,8 +344,10 @@ def summarize(path: str) -> str:
     for r in rows:
         headline = r["kind"] in ("large", "exact", "compile") or (r["kind"] == "op" and (r["M"], r["D"]) == first_op)
         if headline or "error" in r:
-            extra = r.get("vs_fused") or (ratio(r.get("median_ms"), r["floor_ms"]) + " floor" if "floor_ms" in r else "")
-            lines.append(f"  {r['row']:28s} {status(r) or _ms(r.get('median_ms')) + ' ms'}  {extra}  {r.get('note', '')}".rstrip())
+            floor = ratio(r.get("median_ms"), r["floor_ms"]) + " floor" if "floor_ms" in r else ""
+            extra = r.get("vs_fused") or floor
+            shown = status(r) or _ms(r.get("median_ms")) + " ms"
+            lines.append(f"  {r['row']:28s} {shown}  {extra}  {r.get('note', '')}".rstrip())
     return "\n".join(lines)
 
 
