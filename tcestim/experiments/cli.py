@@ -4,6 +4,7 @@
     python -m tcestim bias [--quick] [--out DIR]     the estimator-bias study
     python -m tcestim train [...]                    train a reference VAE (see --help)
     python -m tcestim evaluate CHECKPOINT            exact decomposition and MIG of a checkpoint
+    python -m tcestim sweep [...]                    objectives x beta x seeds of train (see --help)
 
 Every size is checked when the command line is read; a command that writes a folder refuses a
 non-empty one unless told (--overwrite, or --resume for train).
@@ -11,18 +12,9 @@ non-empty one unless told (--overwrite, or --resume for train).
 from __future__ import annotations
 
 import argparse
-import copy
 import sys
 
 from tcestim.experiments import bias_study, demo, runs
-
-
-def _explicit_options(parser: argparse.ArgumentParser, argv: list) -> list:
-    """The destinations given on the command line ``argv`` (even when equal to their default)."""
-    quiet = copy.deepcopy(parser)
-    for action in quiet._actions:
-        action.default = argparse.SUPPRESS
-    return sorted(vars(quiet.parse_known_args(argv)[0]))
 
 
 def main(argv=None) -> int:
@@ -36,17 +28,22 @@ def main(argv=None) -> int:
     from tcestim.experiments import train
     train_parser = commands.add_parser("train", help="train a reference VAE with a TC objective")
     train.add_train_arguments(train_parser)
+    from tcestim.experiments import sweep
+    sweep.add_arguments(commands.add_parser(
+        "sweep", help="objectives x beta x seeds of train, resumable, with the paper's table and plots"))
     evaluate = commands.add_parser("evaluate", help="exact decomposition and MIG of a checkpoint")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--eval-points", type=runs.int_at_least(2), default=None)
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command == "train":
-        args.explicit = _explicit_options(train_parser, argv[argv.index("train") + 1:])
+        args.explicit = runs.explicit_options(train_parser, argv[argv.index("train") + 1:])
         return train.main_train(args)
     if args.command == "evaluate":
         return train.main_evaluate(args)
-    if args.command == "demo":
+    if args.command == "sweep":
+        sweep.main(args)
+    elif args.command == "demo":
         demo.run(args)
     elif args.command == "bias":
         bias_study.main(args)

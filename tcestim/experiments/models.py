@@ -144,12 +144,15 @@ class MLPVAE(_GaussianVAE):
     Args:
         input_dim: size of a flattened input (inputs of shape (B, ...) are flattened).
         latent_dim: D.
-        hidden: widths of the encoder's hidden layers (the decoder uses them reversed).
+        hidden: widths of the encoder's hidden layers (ReLU).
         output_shape: shape of one decoded item (default ``(input_dim,)``), e.g. ``(1, 28, 28)``.
+        decoder_hidden: widths of the decoder's hidden layers (default: ``hidden`` reversed).
+        decoder_activation: ``"relu"`` (default) or ``"tanh"`` between the decoder's layers.
     """
 
     def __init__(self, input_dim: int, latent_dim: int, hidden: Sequence[int] = (256, 256),
-                 output_shape: Optional[Sequence[int]] = None):
+                 output_shape: Optional[Sequence[int]] = None, decoder_hidden: Optional[Sequence[int]] = None,
+                 decoder_activation: str = "relu"):
         super().__init__()
         self.input_dim = operator.index(input_dim)
         self.latent_dim = operator.index(latent_dim)
@@ -160,16 +163,21 @@ class MLPVAE(_GaussianVAE):
         self.output_shape = tuple(output_shape) if output_shape is not None else (self.input_dim,)
         if math.prod(self.output_shape) != self.input_dim:
             raise ValueError(f"output_shape {self.output_shape} must hold input_dim = {self.input_dim} values")
-        self.encoder = self._mlp((self.input_dim, *hidden, 2 * self.latent_dim))
-        self.decoder = self._mlp((self.latent_dim, *reversed(hidden), self.input_dim))
+        decoder_hidden = tuple(reversed(hidden)) if decoder_hidden is None else tuple(
+            operator.index(h) for h in decoder_hidden)
+        if decoder_activation not in ("relu", "tanh"):
+            raise ValueError(f"decoder_activation must be 'relu' or 'tanh', got {decoder_activation!r}")
+        self.encoder = self._mlp((self.input_dim, *hidden, 2 * self.latent_dim), nn.ReLU)
+        self.decoder = self._mlp((self.latent_dim, *decoder_hidden, self.input_dim),
+                                 nn.Tanh if decoder_activation == "tanh" else nn.ReLU)
 
     @staticmethod
-    def _mlp(widths):
+    def _mlp(widths, activation):
         layers = []
         for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(nn.Linear(a, b))
             if i < len(widths) - 2:
-                layers.append(nn.ReLU())
+                layers.append(activation())
         return nn.Sequential(*layers)
 
     def encode(self, x: torch.Tensor):

@@ -4,6 +4,7 @@ folders that are never overwritten by accident, files written atomically, checkp
 from __future__ import annotations
 
 import argparse
+import copy
 import fnmatch
 import io
 import json
@@ -54,6 +55,14 @@ def float_in(low: float, high: float = float("inf"), *, low_open: bool = False) 
         return value
     parse.__name__ = "number"
     return parse
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: list) -> list:
+    """The destinations given in ``argv`` (even when equal to their default), for ``parser``."""
+    quiet = copy.deepcopy(parser)
+    for action in quiet._actions:
+        action.default = argparse.SUPPRESS
+    return sorted(vars(quiet.parse_known_args(argv)[0]))
 
 
 positive_int = int_at_least(1)
