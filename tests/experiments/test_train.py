@@ -47,7 +47,7 @@ def test_sprites_training_with_a_prior_and_the_command_line(tmp_path):
          "--prior", "student-t", "--model", "mlp", "--no-progress", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert '"mig_chen"' in out.stdout
+    assert '"mig_chen"' in out.stdout and '"mig_paper"' in out.stdout and '"elbo"' in out.stdout
     result = subprocess.run([sys.executable, "-m", "tcestim", "evaluate", str(tmp_path / "checkpoint.pt")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
