@@ -280,6 +280,15 @@ def update_bank(bank, mu, logvar, *, indices=None, group=None) -> None:
     Keeps the banks of all ranks identical, which the global estimator assumes. A
     :class:`tcestim.DatasetBank` needs this rank's dataset ``indices`` (B_r,): every rank writes the
     slots of every rank's batch. Invalid inputs on any rank raise the same ValueError on every rank.
+
+    Example:
+        On every rank, after the step that used the bank (not executed here)::
+
+            bank = tcestim.MemoryBank(4096, D)
+            tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=N, bank=bank)
+            ...
+            tcestim.distributed.update_bank(bank, mu, logvar)    # every rank's bank: the global batch
+            # a DatasetBank: tcestim.distributed.update_bank(dataset_bank, mu, logvar, indices=index)
     """
     _require_initialised()
     error = None
