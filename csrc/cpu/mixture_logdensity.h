@@ -88,9 +88,10 @@ struct ComponentTable {
   ComponentTable(const T* mu_, const T* logvar, int64_t K, int64_t D)
       : mu(mu_), precision(K * D), quadratic(K * D), offset(K * D) {
     for (int64_t k = 0; k < K * D; ++k) {
-      precision[k] = std::exp(-logvar[k]);
-      quadratic[k] = static_cast<T>(-0.5 * kLog2E) * precision[k];
-      offset[k] = static_cast<T>(-0.5 * kLog2E) * (static_cast<T>(kLog2Pi) + logvar[k]);
+      const double lv = logvar[k], prec = std::exp(-lv);
+      precision[k] = static_cast<T>(prec);
+      quadratic[k] = static_cast<T>(-0.5 * kLog2E * prec);
+      offset[k] = static_cast<T>(-0.5 * kLog2E * (kLog2Pi + lv));
     }
   }
 };
@@ -183,8 +184,48 @@ inline Vec<T> vmax(Vec<T> a, Vec<T> b) {
 template <typename T>
 inline Vec<T> log2_to_nats(Vec<T> max, Vec<T> sum) {
   Vec<T> out;
-  for (int l = 0; l < kLanes<T>; ++l) out[l] = (max[l] + std::log2(sum[l])) * static_cast<T>(kLn2);
+  for (int l = 0; l < kLanes<T>; ++l) {
+    out[l] = static_cast<T>((static_cast<double>(max[l]) + std::log2(static_cast<double>(sum[l]))) * kLn2);
+  }
   return out;
+}
+
+// m + log(s) for every lane, m and the result in nats.
+template <typename T>
+inline Vec<T> log_sum_nats(Vec<T> max, Vec<T> sum) {
+  Vec<T> out;
+  for (int l = 0; l < kLanes<T>; ++l) {
+    out[l] = static_cast<T>(static_cast<double>(max[l]) + std::log(static_cast<double>(sum[l])));
+  }
+  return out;
+}
+
+// Makes the compiler round x to T here: a product fused into a later add (FMA contraction, which
+// GCC decides per use) would otherwise differ in its last bits between uses.
+template <typename V>
+inline void round_here(V& x) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(x));
+#elif defined(__aarch64__)
+  asm("" : "+w"(x));
+#endif
+}
+
+// The joint's terms logw + sum_d C in nats, formed identically in the forward and both backward
+// sweeps. Their maximum is then a float in nats: where one component dominates, log_qz equals it
+// and exp(term - log_qz) is 1 exactly, as with torch.logsumexp. (Reduced in base 2, log_qz's round
+// trip through float nats cost every softmax weight ~1e-6 relative in float32.)
+template <typename T>
+inline Vec<T> joint_term_nats(Vec<T> lw2, Vec<T> csum2) {
+  Vec<T> x = (lw2 + csum2) * static_cast<T>(kLn2);
+  round_here(x);
+  return x;
+}
+
+// exp(x - ref) for x, ref in nats: the difference is taken before the change of base, where it is exact.
+template <typename T>
+inline Vec<T> exp_of_difference(Vec<T> x, Vec<T> ref) {
+  return vexp2<T>((x - ref) * static_cast<T>(kLog2E));
 }
 
 // dst[d][lane] = src[index(lane) * D + d]: a block of rows, transposed so lanes are contiguous.
@@ -268,7 +309,7 @@ void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentT
       csum += c;
       max_d[d] = vmax<T>(lw + c, max_d[d]);
     }
-    max_joint = vmax<T>(lw + csum, max_joint);
+    max_joint = vmax<T>(joint_term_nats<T>(lw, csum), max_joint);
   }
   for (int64_t d = 0; d < D; ++d) max_d[d] = finite_or_zero<T>(max_d[d]);
   max_joint = finite_or_zero<T>(max_joint);
@@ -286,23 +327,23 @@ void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentT
       csum += c;
       sum_d[d] += vexp2<T>(lw + c - max_d[d]);
     }
-    sum_joint += vexp2<T>(lw + csum - max_joint);
+    sum_joint += exp_of_difference<T>(joint_term_nats<T>(lw, csum), max_joint);
   }
 
   for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(max_d[d], sum_d[d]);
   scatter_transposed(sum_d, rows, D, log_qzd);
-  scatter_lanes(log2_to_nats<T>(max_joint, sum_joint), rows, log_qz);
+  scatter_lanes(log_sum_nats<T>(max_joint, sum_joint), rows, log_qz);
 }
 
-// Saved forward outputs converted to base 2, shared by both backward sweeps.
+// Saved forward outputs as both backward sweeps use them: the joint as it is (nats), the
+// marginals converted to base 2.
 template <typename T>
 struct SavedLog2 {
-  std::vector<T> joint;      // (M,)   log_qz * log2(e)
+  const T* joint;            // (M,)   log_qz
   std::vector<T> marginals;  // (M, D) log_qzd * log2(e)
 
-  SavedLog2(const T* log_qz, const T* log_qzd, int64_t M, int64_t D) : joint(M), marginals(M * D) {
-    for (int64_t i = 0; i < M; ++i) joint[i] = log_qz[i] * static_cast<T>(kLog2E);
-    for (int64_t k = 0; k < M * D; ++k) marginals[k] = log_qzd[k] * static_cast<T>(kLog2E);
+  SavedLog2(const T* log_qz, const T* log_qzd, int64_t M, int64_t D) : joint(log_qz), marginals(M * D) {
+    for (int64_t k = 0; k < M * D; ++k) marginals[k] = static_cast<T>(log_qzd[k] * kLog2E);
   }
 };
 
@@ -340,7 +381,7 @@ void backward_rows_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_
       cbuf[d] = off[d] + quad[d] * t * t;
       csum += cbuf[d];
     }
-    const V gp = g_joint * vexp2<T>(lw + csum - l_joint);
+    const V gp = g_joint * exp_of_difference<T>(joint_term_nats<T>(lw, csum), l_joint);
     V gw = gp;
     for (int64_t d = 0; d < D; ++d) {
       const V gq = gt[d] * vexp2<T>(lw + cbuf[d] - lt[d]);
@@ -386,7 +427,7 @@ void backward_columns_block(const T* grad_qz, const T* grad_qzd, const T* z, int
       cbuf[d] = ot[d] + qt[d] * t * t;
       csum += cbuf[d];
     }
-    const V gp = grad_qz[i] * vexp2<T>(lw + csum - saved.joint[i]);
+    const V gp = grad_qz[i] * exp_of_difference<T>(joint_term_nats<T>(lw, csum), broadcast(saved.joint[i]));
     for (int64_t d = 0; d < D; ++d) {
       const V w = gp + gi[d] * vexp2<T>(lw + cbuf[d] - li[d]);
       const V t = zi[d] - mut[d];
