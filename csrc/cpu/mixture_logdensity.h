@@ -9,7 +9,8 @@
 //
 // Forward: queries go in blocks of kLanes rows, one SIMD lane per query. Pass 1 finds the exact
 // maxima over all components, pass 2 sums exp2(x - max): no rescaling, one exp2 per cube element.
-// Everything inside runs in base 2 (log2(e) folded into per-component constants).
+// The cube terms run in base 2 (log2(e) folded into per-component constants); the joint's terms are
+// taken back to nats (see joint_term_nats).
 //
 // Backward recomputes the cube in two sweeps, each reducing in a fixed order, so results are
 // bitwise reproducible whatever the thread count:
