@@ -36,13 +36,27 @@ def want_cuda() -> bool:
     return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
 
 
+def openmp_flags() -> list:
+    """-fopenmp where ATen parallelises with OpenMP, else nothing (the native pool is not inline).
+
+    ATen's OpenMP at::parallel_for is inline in its headers: compiled without -fopenmp it runs the
+    whole range on the calling thread. The extension then needs libgomp.so.1, and the loader binds
+    that name to the libgomp.so.1 torch has already loaded (torch/lib ships one), so the kernels
+    share torch's thread pool and torch.set_num_threads.
+    """
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return []
+    return ["-fopenmp"]
+
+
 def extension():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-Wall", "-Wno-psabi", "-fno-math-errno"]
+    cxx_flags = ["-O3", "-Wall", "-Wno-psabi", "-fno-math-errno"] + openmp_flags()
     kwargs = dict(
         name="tcestim._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
         extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=openmp_flags(),
     )
     cuda_sources = sorted(glob.glob("csrc/cuda/*.cu") + glob.glob("csrc/cuda/*.cpp"))
     if want_cuda() and cuda_sources:

@@ -9,7 +9,8 @@
 //
 // Forward: queries go in blocks of kLanes rows, one SIMD lane per query. Pass 1 finds the exact
 // maxima over all components, pass 2 sums exp2(x - max): no rescaling, one exp2 per cube element.
-// Everything inside runs in base 2 (log2(e) folded into per-component constants).
+// The cube terms run in base 2 (log2(e) folded into per-component constants); the joint's terms are
+// taken back to nats (see joint_term_nats).
 //
 // Backward recomputes the cube in two sweeps, each reducing in a fixed order, so results are
 // bitwise reproducible whatever the thread count:
@@ -88,9 +89,10 @@ struct ComponentTable {
   ComponentTable(const T* mu_, const T* logvar, int64_t K, int64_t D)
       : mu(mu_), precision(K * D), quadratic(K * D), offset(K * D) {
     for (int64_t k = 0; k < K * D; ++k) {
-      precision[k] = std::exp(-logvar[k]);
-      quadratic[k] = static_cast<T>(-0.5 * kLog2E) * precision[k];
-      offset[k] = static_cast<T>(-0.5 * kLog2E) * (static_cast<T>(kLog2Pi) + logvar[k]);
+      const double lv = logvar[k], prec = std::exp(-lv);
+      precision[k] = static_cast<T>(prec);
+      quadratic[k] = static_cast<T>(-0.5 * kLog2E * prec);
+      offset[k] = static_cast<T>(-0.5 * kLog2E * (kLog2Pi + lv));
     }
   }
 };
@@ -183,8 +185,48 @@ inline Vec<T> vmax(Vec<T> a, Vec<T> b) {
 template <typename T>
 inline Vec<T> log2_to_nats(Vec<T> max, Vec<T> sum) {
   Vec<T> out;
-  for (int l = 0; l < kLanes<T>; ++l) out[l] = (max[l] + std::log2(sum[l])) * static_cast<T>(kLn2);
+  for (int l = 0; l < kLanes<T>; ++l) {
+    out[l] = static_cast<T>((static_cast<double>(max[l]) + std::log2(static_cast<double>(sum[l]))) * kLn2);
+  }
   return out;
+}
+
+// m + log(s) for every lane, m and the result in nats.
+template <typename T>
+inline Vec<T> log_sum_nats(Vec<T> max, Vec<T> sum) {
+  Vec<T> out;
+  for (int l = 0; l < kLanes<T>; ++l) {
+    out[l] = static_cast<T>(static_cast<double>(max[l]) + std::log(static_cast<double>(sum[l])));
+  }
+  return out;
+}
+
+// Makes the compiler round x to T here: a product fused into a later add (FMA contraction, which
+// GCC decides per use) would otherwise differ in its last bits between uses.
+template <typename V>
+inline void round_here(V& x) {
+#if defined(__x86_64__) || defined(__i386__)
+  asm("" : "+x"(x));
+#elif defined(__aarch64__)
+  asm("" : "+w"(x));
+#endif
+}
+
+// The joint's terms logw + sum_d C in nats, formed identically in the forward and both backward
+// sweeps. Their maximum is then a float in nats: where one component dominates, log_qz equals it
+// and exp(term - log_qz) is 1 exactly, as with torch.logsumexp. (Reduced in base 2, log_qz's round
+// trip through float nats cost every softmax weight ~1e-6 relative in float32.)
+template <typename T>
+inline Vec<T> joint_term_nats(Vec<T> lw2, Vec<T> csum2) {
+  Vec<T> x = (lw2 + csum2) * static_cast<T>(kLn2);
+  round_here(x);
+  return x;
+}
+
+// exp(x - ref) for x, ref in nats: the difference is taken before the change of base, where it is exact.
+template <typename T>
+inline Vec<T> exp_of_difference(Vec<T> x, Vec<T> ref) {
+  return vexp2<T>((x - ref) * static_cast<T>(kLog2E));
 }
 
 // dst[d][lane] = src[index(lane) * D + d]: a block of rows, transposed so lanes are contiguous.
@@ -239,15 +281,23 @@ class VecBuffer {
   int64_t capacity_ = 0;
 };
 
+inline int64_t num_blocks(int64_t count, int lanes) { return (count + lanes - 1) / lanes; }
+
+// The sums over components (forward, grad_z) and over queries (grad_mu, grad_logvar) add their terms
+// in runs of kRun, then add up the runs' partial sums: float32 rounding error grows like
+// kRun + count / kRun instead of count (K = 2048: 6e-6 -> 3e-7 relative, typical).
+constexpr int64_t kRun = 32;
+
 // Forward for one block of queries.
 template <typename T, typename Weights>
 void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentTable<T>& comp,
                    const Weights& weights, const LaneBlock& rows, T* log_qz, T* log_qzd,
                    VecBuffer<T>& scratch) {
   using V = Vec<T>;
-  V* __restrict zt = scratch.reserve(3 * D);
+  V* __restrict zt = scratch.reserve(4 * D);
   V* __restrict max_d = zt + D;
   V* __restrict sum_d = max_d + D;
+  V* __restrict run_d = sum_d + D;
   gather_transposed(z, rows, M, D, zt);
   for (int64_t d = 0; d < D; ++d) {
     max_d[d] = broadcast(kNegInf<T>);
@@ -268,41 +318,47 @@ void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentT
       csum += c;
       max_d[d] = vmax<T>(lw + c, max_d[d]);
     }
-    max_joint = vmax<T>(lw + csum, max_joint);
+    max_joint = vmax<T>(joint_term_nats<T>(lw, csum), max_joint);
   }
   for (int64_t d = 0; d < D; ++d) max_d[d] = finite_or_zero<T>(max_d[d]);
   max_joint = finite_or_zero<T>(max_joint);
 
   // Pass 2: sums of exp2(x - max), recomputing the same terms in the same order.
-  for (int64_t j = 0; j < K; ++j) {
-    const V lw = weights.rows(rows, M, j);
-    const T* mu = comp.mu + j * D;
-    const T* quad = comp.quadratic.data() + j * D;
-    const T* off = comp.offset.data() + j * D;
-    V csum = broadcast(T(0));
-    for (int64_t d = 0; d < D; ++d) {
-      const V t = zt[d] - mu[d];
-      const V c = off[d] + quad[d] * t * t;
-      csum += c;
-      sum_d[d] += vexp2<T>(lw + c - max_d[d]);
+  for (int64_t j0 = 0; j0 < K; j0 += kRun) {
+    for (int64_t d = 0; d < D; ++d) run_d[d] = broadcast(T(0));
+    V run_joint = broadcast(T(0));
+    for (int64_t j = j0; j < std::min(K, j0 + kRun); ++j) {
+      const V lw = weights.rows(rows, M, j);
+      const T* mu = comp.mu + j * D;
+      const T* quad = comp.quadratic.data() + j * D;
+      const T* off = comp.offset.data() + j * D;
+      V csum = broadcast(T(0));
+      for (int64_t d = 0; d < D; ++d) {
+        const V t = zt[d] - mu[d];
+        const V c = off[d] + quad[d] * t * t;
+        csum += c;
+        run_d[d] += vexp2<T>(lw + c - max_d[d]);
+      }
+      run_joint += exp_of_difference<T>(joint_term_nats<T>(lw, csum), max_joint);
     }
-    sum_joint += vexp2<T>(lw + csum - max_joint);
+    for (int64_t d = 0; d < D; ++d) sum_d[d] += run_d[d];
+    sum_joint += run_joint;
   }
 
   for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(max_d[d], sum_d[d]);
   scatter_transposed(sum_d, rows, D, log_qzd);
-  scatter_lanes(log2_to_nats<T>(max_joint, sum_joint), rows, log_qz);
+  scatter_lanes(log_sum_nats<T>(max_joint, sum_joint), rows, log_qz);
 }
 
-// Saved forward outputs converted to base 2, shared by both backward sweeps.
+// Saved forward outputs as both backward sweeps use them: the joint as it is (nats), the
+// marginals converted to base 2.
 template <typename T>
 struct SavedLog2 {
-  std::vector<T> joint;      // (M,)   log_qz * log2(e)
+  const T* joint;            // (M,)   log_qz
   std::vector<T> marginals;  // (M, D) log_qzd * log2(e)
 
-  SavedLog2(const T* log_qz, const T* log_qzd, int64_t M, int64_t D) : joint(M), marginals(M * D) {
-    for (int64_t i = 0; i < M; ++i) joint[i] = log_qz[i] * static_cast<T>(kLog2E);
-    for (int64_t k = 0; k < M * D; ++k) marginals[k] = log_qzd[k] * static_cast<T>(kLog2E);
+  SavedLog2(const T* log_qz, const T* log_qzd, int64_t M, int64_t D) : joint(log_qz), marginals(M * D) {
+    for (int64_t k = 0; k < M * D; ++k) marginals[k] = static_cast<T>(log_qzd[k] * kLog2E);
   }
 };
 
@@ -313,11 +369,12 @@ void backward_rows_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_
                          const SavedLog2<T>& saved, const LaneBlock& rows, T* grad_z, T* grad_logw,
                          VecBuffer<T>& scratch) {
   using V = Vec<T>;
-  V* __restrict zt = scratch.reserve(5 * D);
+  V* __restrict zt = scratch.reserve(6 * D);
   V* __restrict gt = zt + D;    // grad_qzd, transposed
   V* __restrict lt = gt + D;    // saved marginals (base 2), transposed
   V* __restrict cbuf = lt + D;  // C2 terms of the current component
   V* __restrict gz = cbuf + D;  // grad_z accumulator, transposed
+  V* __restrict run = gz + D;   // grad_z over the current run of components
   gather_transposed(z, rows, M, D, zt);
   gather_transposed(grad_qzd, rows, M, D, gt);
   gather_transposed(saved.marginals.data(), rows, M, D, lt);
@@ -329,6 +386,9 @@ void backward_rows_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_
   }
 
   for (int64_t j = 0; j < K; ++j) {
+    if (j % kRun == 0) {
+      for (int64_t d = 0; d < D; ++d) run[d] = broadcast(T(0));
+    }
     const V lw = weights.rows(rows, M, j);
     const T* mu = comp.mu + j * D;
     const T* quad = comp.quadratic.data() + j * D;
@@ -340,15 +400,18 @@ void backward_rows_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_
       cbuf[d] = off[d] + quad[d] * t * t;
       csum += cbuf[d];
     }
-    const V gp = g_joint * vexp2<T>(lw + csum - l_joint);
+    const V gp = g_joint * exp_of_difference<T>(joint_term_nats<T>(lw, csum), l_joint);
     V gw = gp;
     for (int64_t d = 0; d < D; ++d) {
       const V gq = gt[d] * vexp2<T>(lw + cbuf[d] - lt[d]);
       gw += gq;
-      gz[d] -= (gp + gq) * (zt[d] - mu[d]) * prec[d];  // dC/dz = -(z - mu) * precision
+      run[d] -= (gp + gq) * (zt[d] - mu[d]) * prec[d];  // dC/dz = -(z - mu) * precision
     }
     if (Weights::kDense) {
       for (int64_t l = 0; l < rows.valid; ++l) grad_logw[(rows.first + l) * K + j] = gw[l];
+    }
+    if (j % kRun == kRun - 1 || j == K - 1) {
+      for (int64_t d = 0; d < D; ++d) gz[d] += run[d];
     }
   }
   scatter_transposed(gz, rows, D, grad_z);
@@ -361,13 +424,15 @@ void backward_columns_block(const T* grad_qz, const T* grad_qzd, const T* z, int
                             const SavedLog2<T>& saved, const LaneBlock& cols, T* grad_mu,
                             T* grad_logvar, VecBuffer<T>& scratch) {
   using V = Vec<T>;
-  V* __restrict mut = scratch.reserve(7 * D);
+  V* __restrict mut = scratch.reserve(9 * D);
   V* __restrict pt = mut + D;   // precision
   V* __restrict qt = pt + D;    // quadratic
   V* __restrict ot = qt + D;    // offset
   V* __restrict cbuf = ot + D;  // C2 terms of the current query
   V* __restrict gmu = cbuf + D;
   V* __restrict glv = gmu + D;
+  V* __restrict run_mu = glv + D;  // gmu and glv over the current run of queries
+  V* __restrict run_lv = run_mu + D;
   gather_transposed(comp.mu, cols, K, D, mut);
   gather_transposed(comp.precision.data(), cols, K, D, pt);
   gather_transposed(comp.quadratic.data(), cols, K, D, qt);
@@ -376,6 +441,9 @@ void backward_columns_block(const T* grad_qz, const T* grad_qzd, const T* z, int
   const V half = broadcast(T(0.5));
 
   for (int64_t i = 0; i < M; ++i) {
+    if (i % kRun == 0) {
+      for (int64_t d = 0; d < D; ++d) run_mu[d] = run_lv[d] = broadcast(T(0));
+    }
     const V lw = weights.columns(i, cols, K);
     const T* zi = z + i * D;
     const T* gi = grad_qzd + i * D;
@@ -386,20 +454,24 @@ void backward_columns_block(const T* grad_qz, const T* grad_qzd, const T* z, int
       cbuf[d] = ot[d] + qt[d] * t * t;
       csum += cbuf[d];
     }
-    const V gp = grad_qz[i] * vexp2<T>(lw + csum - saved.joint[i]);
+    const V gp = grad_qz[i] * exp_of_difference<T>(joint_term_nats<T>(lw, csum), broadcast(saved.joint[i]));
     for (int64_t d = 0; d < D; ++d) {
       const V w = gp + gi[d] * vexp2<T>(lw + cbuf[d] - li[d]);
       const V t = zi[d] - mut[d];
       const V tp = t * pt[d];
-      gmu[d] += w * tp;                     // dC/dmu = (z - mu) * precision
-      glv[d] += w * (half * t * tp - half);  // dC/dlogvar = 0.5 (z - mu)^2 precision - 0.5
+      run_mu[d] += w * tp;                     // dC/dmu = (z - mu) * precision
+      run_lv[d] += w * (half * t * tp - half);  // dC/dlogvar = 0.5 (z - mu)^2 precision - 0.5
+    }
+    if (i % kRun == kRun - 1 || i == M - 1) {
+      for (int64_t d = 0; d < D; ++d) {
+        gmu[d] += run_mu[d];
+        glv[d] += run_lv[d];
+      }
     }
   }
   scatter_transposed(gmu, cols, D, grad_mu);
   scatter_transposed(glv, cols, D, grad_logvar);
 }
-
-inline int64_t num_blocks(int64_t count, int lanes) { return (count + lanes - 1) / lanes; }
 
 // Flushes subnormal results and operands to zero on this thread while alive (x86 FTZ + DAZ),
 // then restores the caller's mode. Softmax weights far below 1 times small upstream gradients

@@ -2,6 +2,13 @@
 // of kernel_table.h (best instruction set of this CPU), parallel over blocks with at::parallel_for.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "binding.h"
 #include "kernel_table.h"
@@ -9,9 +16,25 @@
 namespace tcestim {
 namespace {
 
+// How many distinct threads ran the most recent parallel region of the kernels: lets a test tell
+// a build whose at::parallel_for silently runs serially (no -fopenmp) from a parallel one.
+std::atomic<int64_t> g_last_region_threads{0};
+
 const cpu::ParallelFor kParallelFor = [](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-  at::parallel_for(0, n, 1, fn);
+  std::mutex mutex;
+  std::vector<std::thread::id> threads;
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex);
+      const std::thread::id self = std::this_thread::get_id();
+      if (std::find(threads.begin(), threads.end(), self) == threads.end()) threads.push_back(self);
+    }
+    fn(begin, end);
+  });
+  g_last_region_threads.store(static_cast<int64_t>(threads.size()));
 };
+
+int64_t last_parallel_region_threads() { return g_last_region_threads.load(); }
 
 struct CpuBackend {
   static constexpr c10::DeviceType kDevice = c10::DeviceType::CPU;
@@ -31,5 +54,9 @@ struct CpuBackend {
 
 }  // namespace
 }  // namespace tcestim
+
+TORCH_LIBRARY_FRAGMENT(tcestim, m) {
+  m.def("cpu_last_region_threads() -> int", &tcestim::last_parallel_region_threads);
+}
 
 TORCH_LIBRARY_IMPL(tcestim, CPU, m) { tcestim::binding::register_operators<tcestim::CpuBackend>(m); }

@@ -5,7 +5,9 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernel_table.h"
@@ -91,6 +93,13 @@ const tcestim::cpu::ParallelFor serial = [](int64_t n, const std::function<void(
   fn(n / 3, n);
 };
 
+// Three threads at once, one task range each.
+const tcestim::cpu::ParallelFor threaded = [](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+  std::vector<std::thread> threads;
+  for (int64_t t = 0; t < 3; ++t) threads.emplace_back(fn, n * t / 3, n * (t + 1) / 3);
+  for (auto& thread : threads) thread.join();
+};
+
 template <typename T>
 std::vector<T> cast(const std::vector<double>& v) {
   return std::vector<T>(v.begin(), v.end());
@@ -151,6 +160,41 @@ void check_backward(const std::string& name, Problem p, bool structured, double 
       expect_close((name + " grad_logw").c_str(), glw[k], fd(&Problem::logw, k), 1e-6, 1e-7);
 }
 
+template <typename T>
+bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0;
+}
+
+// Forward and backward on three threads give bitwise the results of the serial split.
+template <typename T>
+void check_threads_bitwise(const std::string& name, const Problem& p, bool structured, double ls,
+                           double ln, double lo) {
+  auto z = cast<T>(p.z), mu = cast<T>(p.mu), lv = cast<T>(p.logvar), lw = cast<T>(p.logw);
+  std::vector<T> a(p.M), b(p.M * p.D);
+  for (int64_t k = 0; k < p.M; ++k) a[k] = T(std::sin(0.7 * k));
+  for (int64_t k = 0; k < p.M * p.D; ++k) b[k] = T(std::cos(0.3 * k));
+  std::vector<std::vector<T>> outs[2];
+  int run = 0;
+  for (const auto* parallel_for : {&serial, &threaded}) {
+    std::vector<T> qz(p.M), qzd(p.M * p.D), gz(p.M * p.D), gmu(p.K * p.D), glv(p.K * p.D), glw(p.M * p.K);
+    const ForwardArgs<T> fwd{z.data(), mu.data(), lv.data(), structured ? nullptr : lw.data(),
+                             p.M, p.K, p.D, ls, ln, lo, qz.data(), qzd.data()};
+    tcestim::cpu::kernels<T>(g_isa).forward(fwd, *parallel_for);
+    const BackwardArgs<T> bwd{a.data(), b.data(), z.data(), mu.data(), lv.data(),
+                              structured ? nullptr : lw.data(), qz.data(), qzd.data(), p.M, p.K, p.D,
+                              ls, ln, lo, gz.data(), gmu.data(), glv.data(),
+                              structured ? nullptr : glw.data()};
+    tcestim::cpu::kernels<T>(g_isa).backward(bwd, *parallel_for);
+    outs[run++] = {qz, qzd, gz, gmu, glv, glw};
+  }
+  for (size_t k = 0; k < outs[0].size(); ++k) {
+    if (!bitwise_equal(outs[0][k], outs[1][k])) {
+      std::printf("FAIL %s: output %zu differs between the serial and the threaded run\n", name.c_str(), k);
+      ++g_failures;
+    }
+  }
+}
+
 }  // namespace
 
 void run_all_checks() {
@@ -166,6 +210,8 @@ void run_all_checks() {
       check_forward<double>(name + " f64", p, structured, ls, ln, lo, 1e-12, 1e-12);
       check_forward<float>(name + " f32", p, structured, ls, ln, lo, 2e-6, 2e-5);
       if (s[0] * s[1] * s[2] <= 800) check_backward(name + " f64", p, structured, ls, ln, lo);
+      check_threads_bitwise<float>(name + " f32 threads", p, structured, ls, ln, lo);
+      check_threads_bitwise<double>(name + " f64 threads", p, structured, ls, ln, lo);
     }
   }
   // A zero weight everywhere gives -inf (empty mixture), not NaN.
