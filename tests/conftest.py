@@ -43,6 +43,15 @@ def backend(request):
         yield backend
 
 
+@pytest.fixture(params=list(tcestim.supported_cpu_isas()) or ["none"])
+def cpu_isa(request):
+    """One run per instruction set of the fused CPU kernels (for tests of the CPU kernels alone)."""
+    if request.param == "none":
+        pytest.skip("compiled extension not available")
+    with tcestim.testing.use_cpu_isa(request.param):
+        yield request.param
+
+
 @pytest.fixture
 def requires_extension():
     if not tcestim.extension_available():
