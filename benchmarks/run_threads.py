@@ -150,7 +150,7 @@ def report(machine: str, M: int, D: int, results: List[Result], load: Dict[str, 
         "The floor is the exponentials alone: `exp2 /s` is the throughput of the kernels' own "
         "exp2 (`csrc/cpu/exp2.h`, `benchmarks/exp2_throughput.cpp`: load, subtract, exp2, add over "
         "an L1-resident array, widest vectors of this CPU, best of 7 trials) on that many threads, "
-        f"measured in the same run. Forward floor = M K (D + 1) / (exp2 /s); forward+backward "
+        "measured in the same run. Forward floor = M K (D + 1) / (exp2 /s); forward+backward "
         "floor = twice that (the backward recomputes the cube). *÷ floor* is time / floor, the "
         "fraction in brackets floor / time.",
         "",
