@@ -13,11 +13,12 @@ PY=${1:-.venv/bin/python}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tcestim-sdist.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
-"$PY" -c "import build" 2>/dev/null || "$PY" -m pip install -q build
+# -P: the repository's own build/ folder (CMake's) must not shadow the build package
+"$PY" -P -c "import build" 2>/dev/null || "$PY" -m pip install -q build
 TORCH_SPEC=${TORCH_SPEC:-torch==$("$PY" -c "import torch; print(torch.__version__.split('+')[0])")}
 
 echo "== building the sdist"
-"$PY" -m build --sdist --no-isolation --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+"$PY" -P -m build --sdist --no-isolation --outdir "$WORK/dist" . >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 SDIST=$(ls "$WORK"/dist/tcestim-*.tar.gz)
 tar -tzf "$SDIST" >"$WORK/members.txt"
 for member in csrc/ops.cpp csrc/binding.h csrc/cpu/mixture_logdensity.h csrc/cpu/exp2.h setup.py \
