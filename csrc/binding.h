@@ -13,6 +13,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <array>
 #include <tuple>
 
 #include "kernel_args.h"
@@ -184,8 +185,38 @@ struct Operators {
   }
 };
 
+// The three structured log-weights (self, next, other) from a (3,) float64 CPU tensor: the overloads
+// that take them as a tensor let torch.compile compute them from symbolic sizes without recompiling.
+inline std::array<double, 3> structured_weights(const Tensor& log_weights) {
+  TORCH_CHECK(log_weights.dim() == 1 && log_weights.numel() == 3 && log_weights.device().is_cpu() &&
+                  log_weights.scalar_type() == at::kDouble,
+              "structured log_weights must be a (3,) float64 CPU tensor (self, next, other), got ",
+              log_weights.sizes(), " ", log_weights.scalar_type(), " on ", log_weights.device());
+  const Tensor w = log_weights.contiguous();
+  const double* p = w.const_data_ptr<double>();
+  return {p[0], p[1], p[2]};
+}
+
+template <typename Backend>
+std::tuple<Tensor, Tensor> structured_tensor_weights(const Tensor& z, const Tensor& mu, const Tensor& logvar,
+                                                     const Tensor& log_weights) {
+  const auto w = structured_weights(log_weights);
+  return Operators<Backend>::structured(z, mu, logvar, w[0], w[1], w[2]);
+}
+
+template <typename Backend>
+std::tuple<Tensor, Tensor, Tensor> structured_tensor_weights_backward(
+    const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu, const Tensor& logvar,
+    const Tensor& log_qz, const Tensor& log_qzd, const Tensor& log_weights) {
+  const auto w = structured_weights(log_weights);
+  return Operators<Backend>::structured_backward(grad_qz, grad_qzd, z, mu, logvar, log_qz, log_qzd, w[0], w[1],
+                                                 w[2]);
+}
+
 template <typename Backend>
 void register_operators(torch::Library& m) {
+  m.impl("mixture_logdensity_tensor_weights", &structured_tensor_weights<Backend>);
+  m.impl("mixture_logdensity_tensor_weights_backward", &structured_tensor_weights_backward<Backend>);
   m.impl("mixture_logdensity", &Operators<Backend>::structured);
   m.impl("mixture_logdensity_dense", &Operators<Backend>::dense);
   m.impl("mixture_logdensity_backward", &Operators<Backend>::structured_backward);

@@ -14,6 +14,11 @@
 TORCH_LIBRARY(tcestim, m) {
   m.def("mixture_logdensity(Tensor z, Tensor mu, Tensor logvar, float log_self, float log_next, "
         "float log_other) -> (Tensor, Tensor)");
+  // The same with the structured log-weights as a (3,) float64 CPU tensor (self, next, other).
+  m.def("mixture_logdensity_tensor_weights(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights) "
+        "-> (Tensor, Tensor)");
+  m.def("mixture_logdensity_tensor_weights_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, Tensor mu, "
+        "Tensor logvar, Tensor log_qz, Tensor log_qzd, Tensor log_weights) -> (Tensor, Tensor, Tensor)");
   m.def("mixture_logdensity_dense(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights) "
         "-> (Tensor, Tensor)");
   m.def("mixture_logdensity_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, Tensor mu, "

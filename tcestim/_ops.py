@@ -57,6 +57,14 @@ def _register() -> None:
     def _(z, mu, logvar, log_weights):
         return _empty_outputs(z)
 
+    @torch.library.register_fake("tcestim::mixture_logdensity_tensor_weights")
+    def _(z, mu, logvar, log_weights):
+        return _empty_outputs(z)
+
+    @torch.library.register_fake("tcestim::mixture_logdensity_tensor_weights_backward")
+    def _(grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, log_weights):
+        return _contiguous_like(z), _contiguous_like(mu), _contiguous_like(logvar)
+
     @torch.library.register_fake("tcestim::mixture_logdensity_backward")
     def _(grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, log_self, log_next, log_other):
         return _contiguous_like(z), _contiguous_like(mu), _contiguous_like(logvar)
@@ -82,6 +90,21 @@ def _register() -> None:
             grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, *ctx.log_weights)
         return grad_z, grad_mu, grad_logvar, None, None, None
 
+    def setup_tensor_weights(ctx, inputs, output):
+        z, mu, logvar, log_weights = inputs
+        ctx.save_for_backward(z, mu, logvar, log_weights, *output)
+
+    def backward_tensor_weights(ctx, grad_log_qz, grad_log_qzd):
+        z, mu, logvar, log_weights, log_qz, log_qzd = ctx.saved_tensors
+        grad_log_qz, grad_log_qzd = _zeros_if_none(grad_log_qz, log_qz), _zeros_if_none(grad_log_qzd, log_qzd)
+        if torch.is_grad_enabled():
+            grads = _differentiable_vjp((z, mu, logvar), ctx.needs_input_grad[:3],
+                                        StructuredLogWeights(*log_weights.tolist()), grad_log_qz, grad_log_qzd)
+            return (*grads, None)
+        grad_z, grad_mu, grad_logvar = torch.ops.tcestim.mixture_logdensity_tensor_weights_backward(
+            grad_log_qz, grad_log_qzd, z, mu, logvar, log_qz, log_qzd, log_weights)
+        return grad_z, grad_mu, grad_logvar, None
+
     def setup_dense(ctx, inputs, output):
         ctx.save_for_backward(*inputs, *output)
 
@@ -98,6 +121,8 @@ def _register() -> None:
         "tcestim::mixture_logdensity", backward_structured, setup_context=setup_structured)
     torch.library.register_autograd(
         "tcestim::mixture_logdensity_dense", backward_dense, setup_context=setup_dense)
+    torch.library.register_autograd(
+        "tcestim::mixture_logdensity_tensor_weights", backward_tensor_weights, setup_context=setup_tensor_weights)
 
 
 if extension_available():
@@ -120,5 +145,8 @@ def mixture_logdensity(z, mu, logvar, log_weights):
             and not _under_transform((z, mu, logvar, log_weights))):
         if isinstance(log_weights, torch.Tensor):
             return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, log_weights)
+        if any(isinstance(w, torch.Tensor) for w in log_weights):  # computed under torch.compile
+            stacked = torch.stack([torch.as_tensor(w, dtype=torch.float64) for w in log_weights])
+            return torch.ops.tcestim.mixture_logdensity_tensor_weights(z, mu, logvar, stacked)
         return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *log_weights)
     return _fallback.mixture_logdensity(z, mu, logvar, log_weights)

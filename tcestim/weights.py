@@ -50,11 +50,14 @@ class StructuredLogWeights(NamedTuple):
     def rows(self, rows: torch.Tensor, num_queries: int, num_components: int, *,
              like: torch.Tensor) -> torch.Tensor:
         """(len(rows), K) dense log-weights of the given query rows, in ``like``'s dtype and device."""
+        def value(w):  # a float, or a 0-d tensor when computed under torch.compile
+            return torch.as_tensor(w, dtype=like.dtype).to(like.device)
+
         cols = torch.arange(num_components, device=like.device)
-        out = torch.full((rows.numel(), num_components), self.other, dtype=like.dtype, device=like.device)
+        out = value(self.other).expand(rows.numel(), num_components)
         nxt = (rows + 1) % num_queries
-        out = torch.where(cols[None, :] == nxt[:, None], torch.as_tensor(self.next, dtype=like.dtype), out)
-        return torch.where(cols[None, :] == rows[:, None], torch.as_tensor(self.self, dtype=like.dtype), out)
+        out = torch.where(cols[None, :] == nxt[:, None], value(self.next), out)
+        return torch.where(cols[None, :] == rows[:, None], value(self.self), out)
 
 
 def check_estimator(estimator: str) -> None:
@@ -75,12 +78,20 @@ def resolve_dataset_size(dataset_size, batch_size: int) -> int:
     return dataset_size
 
 
+def _log(x):
+    """log of a size. While torch.compile traces, sizes are symbolic: the log is then a float64 CPU
+    tensor, so a new batch or bank size is a new input value, not a recompilation."""
+    if torch.compiler.is_compiling():
+        return torch.log(torch.scalar_tensor(x, dtype=torch.float64))
+    return math.log(x)
+
+
 def stratified_log_weights(dataset_size: int, num_others: int) -> StructuredLogWeights:
     """Stratified weights for a query with ``num_others`` other components drawn from the N - 1 other
     data points: its own component 1/N, every other one (N - 1) / (N num_others)."""
     N = dataset_size
-    other = math.log(N - 1) - math.log(N) - math.log(num_others) if N > 1 else -math.inf
-    return StructuredLogWeights(-math.log(N), other, other)
+    other = math.log(N - 1) - math.log(N) - _log(num_others) if N > 1 else -math.inf
+    return StructuredLogWeights(-_log(N), other, other)
 
 
 def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | None = None,
@@ -103,12 +114,11 @@ def estimator_log_weights(estimator: str, batch_size: int, dataset_size: int | N
     if estimator in _NEED_TWO and B < 2:
         raise ValueError(f"estimator {estimator!r} needs a batch size of at least 2, got {B}")
     if estimator == "mws":
-        return StructuredLogWeights.constant(-math.log(N) - math.log(B))
+        return StructuredLogWeights.constant(-_log(N) - _log(B))
     if estimator == "stratified":
         return stratified_log_weights(N, B - 1)
     if estimator == "mss":
-        return StructuredLogWeights(-math.log(N), math.log(N - B + 1) - math.log(N) - math.log(B - 1),
-                                    -math.log(B - 1))
+        return StructuredLogWeights(-_log(N), _log(N - B + 1) - _log(N) - _log(B - 1), -_log(B - 1))
     return legacy_mss_log_weights(B, N, dtype=dtype, device=device)
 
 

@@ -163,3 +163,54 @@ def test_compiled_training_step_on_transposed_inputs():
     torch.testing.assert_close(value, expected)
     for got, want in zip(inputs, fresh):
         torch.testing.assert_close(got.grad, want.grad)
+
+
+@pytest.mark.skipif(not tcestim.extension_available(), reason="compiled extension not available")
+def test_a_compiled_training_step_compiles_a_fixed_small_number_of_times():
+    """Changing batch sizes and a filling MemoryBank: the log-weights depend on both, and are computed
+    as tensors while torch.compile traces, so the step compiles at most twice (static, then dynamic),
+    not once per size (it was 6 graphs for 6 batch sizes and 9 while a bank filled)."""
+    from torch._dynamo.utils import counters
+
+    from tcestim import losses
+
+    def step(x, bank):  # the loss of a training step; backward() runs outside the compiled region
+        mu, logvar = x.tanh(), -torch.ones_like(x)
+        z = mu + 0.3 * x
+        return losses.beta_tcvae(-x.square().sum(1), z, mu, logvar, dataset_size=50_000, bank=bank).loss
+
+    g = torch.Generator().manual_seed(5)
+    for dynamic in (None, True):
+        torch._dynamo.reset()
+        counters.clear()
+        compiled = torch.compile(step, fullgraph=True, dynamic=dynamic, backend="aot_eager")
+        bank = tcestim.MemoryBank(512, 3)
+        for B in (32, 48, 64, 40, 56, 33, 64, 64, 64, 64):
+            x = torch.randn(B, 3, generator=g, requires_grad=True)
+            got = compiled(x, bank)
+            got.backward()
+            y = x.detach().clone().requires_grad_(True)
+            want = step(y, bank)
+            want.backward()
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-6)
+            bank.update(x.detach().tanh(), -torch.ones_like(x.detach()))
+        assert counters["stats"]["unique_graphs"] <= 2, (dynamic, counters["stats"]["unique_graphs"])
+    torch._dynamo.reset()
+
+
+@pytest.mark.skipif(not tcestim.extension_available(), reason="compiled extension not available")
+def test_tensor_weights_overload_is_the_float_op():
+    """mixture_logdensity_tensor_weights (log-weights as a (3,) float64 CPU tensor, what compiled code calls)
+    gives the float op's values and gradients, passes opcheck and gradcheck, and refuses other shapes."""
+    g = torch.Generator().manual_seed(6)
+    z, mu, logvar = (torch.randn(5, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    w = torch.tensor([-1.0, -2.0, -3.0], dtype=torch.float64)
+    for got, want in zip(torch.ops.tcestim.mixture_logdensity_tensor_weights(z, mu, logvar, w),
+                         torch.ops.tcestim.mixture_logdensity(z, mu, logvar, -1.0, -2.0, -3.0)):
+        assert torch.equal(got, want)
+    torch.library.opcheck(torch.ops.tcestim.mixture_logdensity_tensor_weights, (z, mu, logvar, w))
+    inputs = [t.clone().requires_grad_(True) for t in (z, mu, logvar)]
+    assert gradcheck(lambda *t: torch.ops.tcestim.mixture_logdensity_tensor_weights(*t, w), inputs)
+    with pytest.raises(RuntimeError, match=r"structured log_weights must be a \(3,\) float64 CPU tensor"):
+        torch.ops.tcestim.mixture_logdensity_tensor_weights(z, mu, logvar, w.float())
