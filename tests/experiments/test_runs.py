@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+import tcestim
 from tcestim.experiments import runs, train
 
 TINY = ["--data", "pinwheel", "--latent-dim", "2", "--subsample", "600", "--batch-size", "32", "--eval-points",
@@ -293,9 +294,11 @@ def test_plots_without_matplotlib_fail_before_training(tmp_path, monkeypatch):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-@pytest.mark.parametrize("bank", ["fifo", "dataset"])
+@pytest.mark.parametrize("bank", ["fifo", "dataset", "dataset-refresh"])
 def test_training_with_a_bank_resumes_exactly(tmp_path, bank):
-    flags = ["--bank", bank, "--bank-size", "200", "--eval-every", "3"]
+    flags = ["--bank", bank.split("-")[0], "--bank-size", "200", "--eval-every", "3"]
+    if bank == "dataset-refresh":
+        flags += ["--bank-refresh", "100"]
     final = train.train(parsed(tmp_path / "straight", "--steps", "6", *flags))
     train.train(parsed(tmp_path / "split", "--steps", "3", *flags))
     state = runs.load_checkpoint(str(tmp_path / "split" / "checkpoint.pt"))
@@ -308,6 +311,8 @@ def test_bank_options_are_checked(tmp_path):
     out = command("train", *TINY, "--out", str(tmp_path / "a"), "--bank", "fifo", "--bank-size", "600")
     assert out.returncode != 0
     assert "--batch-size + --bank-size (632) must fit in the data set (600 points)" in out.stderr
+    out = command("train", *TINY, "--out", str(tmp_path / "r"), "--bank-refresh", "10")
+    assert out.returncode != 0 and "--bank-refresh is for --bank dataset" in out.stderr
     out = command("train", *TINY, "--out", str(tmp_path / "b"), "--bank", "dataset", "--objective", "beta-vae")
     assert out.returncode != 0 and "--bank needs an objective that estimates q(z) from the minibatch" in out.stderr
     out = command("train", *TINY, "--out", str(tmp_path / "c"), "--bank", "dataset", "--objective", "decomposition",
@@ -340,3 +345,19 @@ def test_resume_keeps_the_runs_step_count_and_its_last_record(tmp_path):
     assert runs.load_checkpoint(str(tmp_path / "checkpoint.pt"))["step"] == 6
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [3, 6]
+
+
+def test_bank_refresh_rewrites_a_rotating_slice(tmp_path):
+    from tcestim.experiments.train import _refresh
+
+    args = parsed(tmp_path, "--steps", "1")
+    args.eval_points = 300
+    data, model = train.build_data(args), train.build_model(args)
+    bank = tcestim.DatasetBank(len(data), 2)
+    batch = torch.arange(590, 600)
+    cursor = _refresh(bank, model, data, batch, 580, 30)  # 580..609 wraps to 580..599, 0..9
+    assert cursor == 10
+    written = bank.filled.nonzero().flatten().tolist()
+    assert written == list(range(0, 10)) + list(range(580, 590))   # the batch's own slots skipped
+    mu, _ = train.encode_all(model, data, torch.tensor(written))
+    torch.testing.assert_close(bank.mu[written], mu)
