@@ -107,11 +107,7 @@ class MemoryBank:
             self._update(mu, logvar)
 
     def _update(self, mu: torch.Tensor, logvar: torch.Tensor) -> None:
-        check_matrix("mu", mu, f"(B, {self.dim})")
-        check_matrix("logvar", logvar, f"(B, {self.dim})")
-        if mu.shape[1] != self.dim or logvar.shape != mu.shape:
-            raise ValueError(f"mu and logvar must both have shape (B, {self.dim}) for this bank, got "
-                             f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+        _check_encodings(self.dim, mu, logvar)
         if self._mu is None or self._mu.device != mu.device or self._mu.dtype != mu.dtype:
             old_mu, old_logvar = self._oldest_first(self._mu), self._oldest_first(self._logvar)
             self._mu = mu.new_empty(self.size, self.dim)
@@ -210,11 +206,7 @@ class DatasetBank:
     @torch.no_grad()
     def update(self, indices, mu: torch.Tensor, logvar: torch.Tensor) -> None:
         """Write the (B, dim) encodings of the data points ``indices`` (B,) into their slots (detached)."""
-        check_matrix("mu", mu, f"(B, {self.dim})")
-        check_matrix("logvar", logvar, f"(B, {self.dim})")
-        if mu.shape[1] != self.dim or logvar.shape != mu.shape:
-            raise ValueError(f"mu and logvar must both have shape (B, {self.dim}) for this bank, got "
-                             f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
+        _check_encodings(self.dim, mu, logvar)
         cpu = self._indices(indices, mu.shape[0])
         with torch.inference_mode(False):
             if self._mu is None or self._mu.device != mu.device or self._mu.dtype != mu.dtype:
@@ -228,8 +220,8 @@ class DatasetBank:
             assert self._mu is not None and self._logvar is not None
             self._mu[rows] = mu.detach().clone()
             self._logvar[rows] = logvar.detach().clone()
+            self._count += int((~self.filled[cpu]).sum())  # the slots written for the first time
             self.filled[cpu] = True
-        self._count = int(self.filled.sum())
 
     def for_batch(self, indices) -> "DatasetBankBatch":
         """The bank as seen by the batch of data points ``indices`` (B,): pass it as ``bank=``."""
@@ -273,6 +265,15 @@ class DatasetBankBatch(NamedTuple):
     @property
     def dim(self) -> int:
         return self.bank.dim
+
+
+def _check_encodings(dim: int, mu, logvar) -> None:
+    """What a bank's update takes: mu and logvar, both (B, dim) floating tensors."""
+    check_matrix("mu", mu, f"(B, {dim})")
+    check_matrix("logvar", logvar, f"(B, {dim})")
+    if mu.shape[1] != dim or logvar.shape != mu.shape:
+        raise ValueError(f"mu and logvar must both have shape (B, {dim}) for this bank, got "
+                         f"{tuple(mu.shape)} and {tuple(logvar.shape)}")
 
 
 def bank_components(bank, mu, logvar):

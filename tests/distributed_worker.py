@@ -92,11 +92,23 @@ def run(rank, world, sizes, init_file):
         dist.destroy_process_group()
 
 
-def agreement(rank, world, case, init_file, result_dir):
-    """Each rank calls tcestim.distributed with its own (possibly wrong) inputs; every rank must
-    raise the same error (or all succeed), never hang. Writes what it saw to result_dir/rank.txt."""
+def _record(rank, world, init_file, result_dir, call):
+    """Run ``call()`` on this rank of a gloo group; write "ok ..." (what it returned) or
+    "ValueError ..." to result_dir/<rank>.txt, for the test to compare across ranks."""
     import os
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        outcome = f"ok{call()}"
+    except ValueError as error:
+        outcome = f"ValueError {error}"
+    with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
+        f.write(outcome)
+    dist.destroy_process_group()
+
+
+def agreement(rank, world, case, init_file, result_dir):
+    """Each rank calls tcestim.distributed with its own (possibly wrong) inputs; every rank must
+    raise the same error (or all succeed), never hang."""
     g = torch.Generator().manual_seed(rank)
     B, D, dtype, N = 4, 3, torch.float64, 100
     if case == "dim" and rank == 1:
@@ -113,26 +125,23 @@ def agreement(rank, world, case, init_file, result_dir):
         mu = mu.detach()
     if case == "invalid" and rank == 1:
         logvar = torch.zeros(B, D + 1, dtype=dtype)
-    try:
+
+    def call():
         tc = tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=N)
         tc.backward()
-        outcome = f"ok {float(tc.detach()):.12f} grad {tuple(z.grad.shape)}"
-    except ValueError as error:
-        outcome = f"ValueError {error}"
-    with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
-        f.write(outcome)
-    dist.destroy_process_group()
+        return f" {float(tc.detach()):.12f} grad {tuple(z.grad.shape)}"
+
+    _record(rank, world, init_file, result_dir, call)
 
 
 def bank_agreement(rank, world, case, init_file, result_dir):
     """Bank mistakes on one rank (or across ranks) must raise the same error on every rank, never hang."""
-    import os
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     z = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
     mu, logvar = z + 0.1, torch.zeros(3, 2, dtype=torch.float64)
     bank = tcestim.DatasetBank(20, 2)
     own = torch.arange(3) + 3 * rank
-    try:
+
+    def call():
         if case == "bank_kind":
             view = None if rank == 0 else bank.for_batch(own)
             tcestim.distributed.total_correlation(z, mu, logvar, dataset_size=20, bank=view)
@@ -142,9 +151,6 @@ def bank_agreement(rank, world, case, init_file, result_dir):
         else:
             indices = own if rank == 0 else torch.tensor([5, 5, 6])
             tcestim.distributed.update_bank(bank, mu, logvar, indices=indices)
-        outcome = "ok"
-    except ValueError as error:
-        outcome = f"ValueError {error}"
-    with open(os.path.join(result_dir, f"{rank}.txt"), "w") as f:
-        f.write(outcome)
-    dist.destroy_process_group()
+        return ""
+
+    _record(rank, world, init_file, result_dir, call)

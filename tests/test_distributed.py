@@ -42,6 +42,12 @@ def test_example_script_runs_under_torchrun():
     assert "global-batch TC" in out.stdout
 
 
+def _outcomes(worker, case, tmp_path):
+    """What each of 2 gloo ranks running ``worker(case)`` wrote (see distributed_worker._record)."""
+    mp.spawn(worker, args=(2, case, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    return [(tmp_path / f"{rank}.txt").read_text() for rank in range(2)]
+
+
 @pytest.mark.parametrize("case, expected", [
     ("dim", "the ranks disagree on D: rank 0 has 3, rank 1 has 4"),
     ("dtype", "the ranks disagree on dtype: rank 0 has torch.float64, rank 1 has torch.float32"),
@@ -50,17 +56,13 @@ def test_example_script_runs_under_torchrun():
     ("grad", "the ranks disagree on whether mu/logvar need gradients: rank 0 has True, rank 1 has False"),
 ])
 def test_ranks_that_disagree_all_raise_the_same_error(case, expected, tmp_path):
-    mp.spawn(distributed_worker.agreement, args=(2, case, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-             join=True)
-    outcomes = [(tmp_path / f"{rank}.txt").read_text() for rank in range(2)]
+    outcomes = _outcomes(distributed_worker.agreement, case, tmp_path)
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[0].startswith("ValueError tcestim.distributed:") and expected in outcomes[0]
 
 
 def test_a_rank_with_an_empty_batch_takes_part(tmp_path):
-    mp.spawn(distributed_worker.agreement, args=(2, "empty", str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-             join=True)
-    empty, full = ((tmp_path / f"{rank}.txt").read_text() for rank in range(2))
+    empty, full = _outcomes(distributed_worker.agreement, "empty", tmp_path)
     assert empty.startswith("ok ") and full.startswith("ok ")
     assert empty.split()[1] == full.split()[1]           # the same global value on both ranks
     assert "grad (0, 3)" in empty and "grad (4, 3)" in full
@@ -76,8 +78,6 @@ def test_a_rank_with_an_empty_batch_takes_part(tmp_path):
     ("update_indices", "invalid inputs on 1 of 2 ranks (rank 1: ValueError: indices must be distinct"),
 ])
 def test_banks_across_ranks_fail_together(case, expected, tmp_path):
-    mp.spawn(distributed_worker.bank_agreement, args=(2, case, str(tmp_path / "init"), str(tmp_path)), nprocs=2,
-             join=True)
-    outcomes = [(tmp_path / f"{rank}.txt").read_text() for rank in range(2)]
+    outcomes = _outcomes(distributed_worker.bank_agreement, case, tmp_path)
     assert outcomes[0] == outcomes[1], outcomes
     assert outcomes[0].startswith("ValueError") and expected in outcomes[0]

@@ -140,7 +140,7 @@ def plot(results: dict, rows: list[dict], args) -> list[str]:
 def main(args: argparse.Namespace) -> list[dict]:
     os.makedirs(args.out, exist_ok=True)
     if not args.no_plots:
-        train._check_plotting(args)
+        train.check_plotting(args)
     cells = [(o, b, s) for o in args.objectives for b in args.betas for s in args.seeds]
     bar = None
     if not args.no_progress:

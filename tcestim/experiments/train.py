@@ -298,7 +298,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true")
 
 
-def _check_plotting(args) -> None:
+def check_plotting(args) -> None:
     if args.no_plots:
         return
     try:
@@ -393,7 +393,7 @@ def train(args) -> dict:
     if args.resume:
         state = runs.load_checkpoint(checkpoint_path)
         args = _resumed_args(args, state["args"])
-    _check_plotting(args)
+    check_plotting(args)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
