@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     evaluate = commands.add_parser("evaluate", help="exact decomposition and MIG of a checkpoint")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--eval-points", type=runs.int_at_least(2), default=None)
+    evaluate.add_argument("--device", type=runs.device, default="cpu", help="cpu, cuda or cuda:N")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command == "train":

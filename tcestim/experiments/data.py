@@ -104,19 +104,22 @@ def factors_to_index(factors) -> torch.Tensor:
 
 
 def factors_to_values(factors: torch.Tensor) -> torch.Tensor:
-    """Factor indices (B, 5) -> factor values (B, 5) float64 (see the module docstring)."""
-    return torch.stack([_VALUES[k][factors[:, k]] for k in range(len(FACTOR_SIZES))], dim=1)
+    """Factor indices (B, 5) -> factor values (B, 5) float64, on the device of ``factors`` (see the module
+    docstring)."""
+    return torch.stack([_VALUES[k].to(factors.device)[factors[:, k]] for k in range(len(FACTOR_SIZES))], dim=1)
 
 
 def render_sprites(factors, image_size: int = 64) -> torch.Tensor:
     """Rasterise sprites from factor indices.
 
     Args:
-        factors: (B, 5) integer factor indices (shape, scale, orientation, pos_x, pos_y).
+        factors: (B, 5) integer factor indices (shape, scale, orientation, pos_x, pos_y); the images are
+            computed on their device (a GPU renders a batch of 2048 in well under a millisecond).
         image_size: side of the square image in pixels; the geometry is resolution-independent.
 
     Returns:
-        (B, 1, image_size, image_size) float32 binary images (1.0 where a pixel centre is inside).
+        (B, 1, image_size, image_size) float32 binary images (1.0 where a pixel centre is inside), on the
+        device of ``factors``.
     """
     f = torch.as_tensor(factors).to(torch.int64)
     if f.dim() != 2 or f.shape[1] != len(FACTOR_SIZES):
@@ -124,8 +127,8 @@ def render_sprites(factors, image_size: int = 64) -> torch.Tensor:
     image_size = operator.index(image_size)
     if image_size < 4:
         raise ValueError(f"image_size must be >= 4, got {image_size}")
-    B, S = f.shape[0], image_size
-    out = torch.zeros(B, S * S, dtype=torch.float32)
+    B, S, device = f.shape[0], image_size, f.device
+    out = torch.zeros(B, S * S, dtype=torch.float32, device=device)
     if B == 0:
         return out.reshape(B, 1, S, S)
     # Every sprite lies within _REACH * scale of its centre: test only a W x W window around it.
@@ -137,14 +140,14 @@ def render_sprites(factors, image_size: int = 64) -> torch.Tensor:
     cy = (MARGIN + values[:, 4] * (1 - 2 * MARGIN)) * S
     c0 = torch.clamp(torch.floor(cx - W / 2), 0, S - W).to(torch.int64)   # window's first column
     r0 = torch.clamp(torch.floor(cy - W / 2), 0, S - W).to(torch.int64)   # and first row
-    offs = torch.arange(W)
+    offs = torch.arange(W, device=device)
     scale_px = (half * S).unsqueeze(1)
     # Pixel centres relative to the sprite centre in half-size units; y points up in shape
     # coordinates while rows grow downwards, so dy = cy - row.
     dx = ((c0.unsqueeze(1) + offs).to(torch.float32) + 0.5 - cx.unsqueeze(1)) / scale_px   # (B, W)
     dy = (cy.unsqueeze(1) - (r0.unsqueeze(1) + offs).to(torch.float32) - 0.5) / scale_px   # (B, W)
     cos, sin = torch.cos(theta), torch.sin(theta)
-    window = torch.empty(B, W, W, dtype=torch.float32)
+    window = torch.empty(B, W, W, dtype=torch.float32, device=device)
     for shape in range(3):
         sel = (f[:, 0] == shape).nonzero().squeeze(1)
         if sel.numel() == 0:
@@ -256,14 +259,18 @@ class SpritesDataset(_FactorImageDataset):
             every 4th orientation and position). Factor indices always refer to the full grid.
         seed: seed of the random subset.
         cache: keep every rendered image (bit-packed, 1 bit a pixel: 377 MB for the full 64 x 64 grid,
-            filled as items are first requested).
+            filled as items are first requested). Only on the CPU: on a GPU rendering is cheaper than
+            the cache.
+        device: where :meth:`images` renders and returns the batch (default: the CPU).
 
     ``__getitem__(i)`` returns ``(image (1, S, S) float32, factors (5,) int64)``; ``images(indices)``
     renders a whole batch at once (use it, or :meth:`batches`, rather than a per-item DataLoader).
     """
 
-    def __init__(self, *, image_size: int = 64, subsample=None, seed: int = 0, cache: bool = False):
+    def __init__(self, *, image_size: int = 64, subsample=None, seed: int = 0, cache: bool = False,
+                 device: Union[str, torch.device, None] = None):
         self.image_size = operator.index(image_size)
+        self.device = torch.device(device if device is not None else "cpu")
         if self.image_size < 4:
             raise ValueError(f"image_size must be >= 4, got {self.image_size}")
 
@@ -278,7 +285,7 @@ class SpritesDataset(_FactorImageDataset):
         self.indices = _select(subsample, NUM_IMAGES, seed, by_strides)
         """Full-grid flat index of each item (int64 tensor), or None when the data set is the whole grid."""
         self._cache = None
-        if cache:
+        if cache and self.device.type == "cpu":
             n_bytes = (self.image_size * self.image_size + 7) // 8
             self._cache = np.zeros((len(self), n_bytes), dtype=np.uint8)
             self._cached = np.zeros(len(self), dtype=bool)
@@ -300,7 +307,7 @@ class SpritesDataset(_FactorImageDataset):
     def images(self, indices: Indices) -> torch.Tensor:
         pos = self._positions(indices)
         if self._cache is None:
-            return render_sprites(index_to_factors(self.grid_index(pos)), self.image_size)
+            return render_sprites(index_to_factors(self.grid_index(pos)).to(self.device), self.image_size)
         S = self.image_size
         p = pos.numpy()
         missing = np.unique(p[~self._cached[p]])

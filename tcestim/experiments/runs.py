@@ -57,6 +57,22 @@ def float_in(low: float, high: float = float("inf"), *, low_open: bool = False) 
     return parse
 
 
+def device(text: str) -> str:
+    """A torch device that exists here: ``cpu``, ``cuda`` or ``cuda:N`` (checked when the line is read)."""
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: this torch ({torch.__version__}) sees no CUDA device")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text
+
+
 def explicit_options(parser: argparse.ArgumentParser, argv: list) -> list:
     """The destinations given in ``argv`` (even when equal to their default), for ``parser``."""
     quiet = copy.deepcopy(parser)

@@ -47,9 +47,9 @@ class PinwheelData:
 
     factor_names = ("arm",)
 
-    def __init__(self, n: int, seed: int):
+    def __init__(self, n: int, seed: int, device: str = "cpu"):
         points, labels = datasets.pinwheel(n, generator=torch.Generator().manual_seed(seed))
-        self.points, self.labels = points.float(), labels.long().reshape(-1, 1)
+        self.points, self.labels = points.float().to(device), labels.long().reshape(-1, 1)
         self.factor_sizes = (int(self.labels.max()) + 1,)
 
     def __len__(self):
@@ -63,10 +63,13 @@ class PinwheelData:
 
 
 def build_data(args):
+    """The data set, its batches rendered on (or moved to) ``args.device``."""
+    device = getattr(args, "device", "cpu")
     if args.data == "pinwheel":
-        return PinwheelData(args.subsample or 20_000, args.seed)
-    subsample = args.subsample
-    data = datasets.SpritesDataset(image_size=args.image_size, subsample=subsample, seed=args.seed, cache=True)
+        return PinwheelData(args.subsample or 20_000, args.seed, device)
+    strides = getattr(args, "factor_strides", None)
+    data = datasets.SpritesDataset(image_size=args.image_size, subsample=tuple(strides) if strides else args.subsample,
+                                   seed=args.seed, cache=True, device=device)
     data.factor_names = datasets.FACTOR_NAMES
     data.factor_sizes = datasets.FACTOR_SIZES
     return data
@@ -152,7 +155,8 @@ def evaluate(model, data, args, prior, generator) -> dict:
     n = args.eval_points
     indices = torch.randperm(len(data), generator=generator)[:n]
     mu, logvar = encode_all(model, data, indices)
-    z = models.reparameterize(mu, logvar, generator)
+    # drawn on the CPU whatever the device, so a checkpoint evaluates to the same numbers on any device
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=generator, dtype=mu.dtype).to(mu.device)
     d = decompose_exact(z, mu, logvar, mu, logvar, prior=prior, progress=False)
     log_px = torch.cat([log_likelihood(args, model.decode(z[i:i + 512]), data.images(indices[i:i + 512]))
                         for i in range(0, n, 512)])
@@ -216,8 +220,8 @@ def plot_traversals(model, data, args, path, generator):
     model.eval()
     if args.data == "pinwheel":
         idx = torch.randperm(len(data), generator=generator)[:2000]
-        points, labels = data.images(idx).numpy(), data.factors(idx)[:, 0].numpy()
-        mu = model.encode(data.images(idx))[0].numpy()
+        points, labels = data.images(idx).cpu().numpy(), data.factors(idx)[:, 0].numpy()
+        mu = model.encode(data.images(idx))[0].cpu().numpy()
         fig, axes = figure(1, 2, figsize=(10, 4.5))
         axes[0].scatter(points[:, 0], points[:, 1], c=labels, s=3, cmap="tab10")
         axes[0].set_title("data")
@@ -225,13 +229,13 @@ def plot_traversals(model, data, args, path, generator):
         axes[1].set_title("encoder means (z0, z1)")
     else:
         anchor = model.encode(data.images(torch.randint(len(data), (1,), generator=generator)))[0][0]
-        values = torch.linspace(-2.5, 2.5, 9)
+        values = torch.linspace(-2.5, 2.5, 9, device=anchor.device)
         D = anchor.shape[0]
         fig, axes = figure(D, len(values), figsize=(len(values) * 0.9, D * 0.9))
         for j in range(D):
             codes = anchor.repeat(len(values), 1)
             codes[:, j] = values
-            images = torch.sigmoid(model.decode(codes)).numpy()
+            images = torch.sigmoid(model.decode(codes)).cpu().numpy()
             for c in range(len(values)):
                 ax = axes[j][c] if D > 1 else axes[c]
                 ax.imshow(images[c, 0], cmap="gray", vmin=0, vmax=1)
@@ -282,6 +286,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=runs.int_at_least(4), default=64)
     parser.add_argument("--subsample", type=runs.int_at_least(2), default=None,
                         help="number of data points (default: all; pinwheel: 20000)")
+    parser.add_argument("--factor-strides", type=runs.positive_int, nargs=5, default=None,
+                        metavar=("SHAPE", "SCALE", "ORIENTATION", "X", "Y"),
+                        help="sprites: keep every k-th value of each factor (1 1 2 2 2: 3 x 6 x 20 x 16 x 16 = 92 160 "
+                             "images); not with --subsample")
     parser.add_argument("--steps", type=runs.positive_int, default=5000, help="total optimiser steps")
     parser.add_argument("--batch-size", type=runs.int_at_least(2), default=256,
                         help="distinct data points per step (batches are drawn from shuffled epochs)")
@@ -291,6 +299,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="evaluation set size (default: min(4096, dataset size))")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=runs.positive_int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--device", type=runs.device, default="cpu",
+                        help="cpu, cuda or cuda:N: where the model, the batches (rendered there), the bank and the "
+                             "estimator run")
     parser.add_argument("--out", default="runs/tcestim")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
@@ -308,6 +319,8 @@ def check_plotting(args) -> None:
 
 
 def _check_sizes(args, n: int) -> None:
+    if getattr(args, "factor_strides", None) and (args.subsample is not None or args.data != "sprites"):
+        raise SystemExit("error: --factor-strides is for --data sprites, and not with --subsample")
     if args.batch_size > n:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the data set ({n} points)")
     if args.bank_refresh and args.bank != "dataset":
@@ -339,6 +352,7 @@ def _resumed_args(args, saved: dict):
             raise SystemExit(f"error: --{key.replace('_', '-')} {getattr(args, key)!r} differs from the run being "
                              f"resumed ({value!r}); on --resume only --steps and the output options may change")
     merged = dict(saved)
+    merged.setdefault("device", getattr(args, "device", "cpu"))  # runs from before --device existed
     merged.update({key: getattr(args, key) for key in RESUMABLE if hasattr(args, key)})
     if "steps" not in explicit:
         merged["steps"] = saved["steps"]
@@ -400,13 +414,16 @@ def train(args) -> dict:
     data = build_data(args)
     _check_sizes(args, len(data))
     runs.prepare_output(args.out, resume=args.resume, overwrite=args.overwrite, owned=OWNED_FILES)
-    model = build_model(args)
+    device = torch.device(args.device)
+    model = build_model(args).to(device)
     prior = build_prior(args)
+    if prior is not None:
+        prior = prior.to(device)
     parameters = list(model.parameters()) + (list(prior.parameters()) if prior is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=args.lr)
     sampler = EpochSampler(len(data), args.batch_size, args.seed)
     bank = build_bank(args, len(data))
-    noise = torch.Generator().manual_seed(args.seed + 2)  # the reparameterisation's samples
+    noise = torch.Generator(device=device).manual_seed(args.seed + 2)  # the reparameterisation's samples
     first_step, history, refresh_cursor = 1, [], 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -415,8 +432,9 @@ def train(args) -> dict:
         optimiser.load_state_dict(state["optimiser"])
         sampler.load_state_dict(state["sampler"])
         noise.set_state(state["noise"])
-        if bank is not None:
-            bank.load_state_dict(state["bank"])
+        if bank is not None:  # the checkpoint is read onto the CPU
+            bank.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) and k != "filled" else v
+                                  for k, v in state["bank"].items()})
             refresh_cursor = state.get("refresh_cursor", 0)
         torch.set_rng_state(state["torch_rng"])
         first_step = state["step"] + 1
@@ -492,24 +510,28 @@ def _plain_args(args) -> dict:
             if v is None or isinstance(v, (bool, int, float, str, list, tuple))}
 
 
-def evaluate_checkpoint(path: str, eval_points: int | None = None) -> dict:
-    """Rebuilds the data, model and prior of a checkpoint and evaluates it again.
+def evaluate_checkpoint(path: str, eval_points: int | None = None, device: str = "cpu") -> dict:
+    """Rebuilds the data, model and prior of a checkpoint and evaluates it again on ``device`` (the same
+    evaluation set and samples on every device, so the numbers agree up to rounding).
 
     The file is loaded with ``torch.load(weights_only=True)``: it can hold no code. A file that is not
     a tcestim checkpoint of this version raises :class:`~tcestim.experiments.runs.CheckpointError`.
     """
     state = runs.load_checkpoint(path)
     args = SimpleNamespace(**state["args"])
+    args.device = device
     data = build_data(args)
     if eval_points is not None:
         if eval_points > len(data):
             raise SystemExit(f"error: --eval-points {eval_points} is larger than the data set ({len(data)} points)")
         args.eval_points = eval_points
-    model = build_model(args)
+    model = build_model(args).to(device)
     model.load_state_dict(state["model"])
     prior = build_prior(args)
-    if prior is not None and state["prior"] is not None:
-        prior.load_state_dict(state["prior"])
+    if prior is not None:
+        prior = prior.to(device)
+        if state["prior"] is not None:
+            prior.load_state_dict(state["prior"])
     result = evaluate(model, data, args, prior, torch.Generator().manual_seed(args.seed + 1))
     return {"step": state["step"], **result}
 
@@ -532,7 +554,7 @@ def main_train(args) -> int:
 
 def main_evaluate(args) -> int:
     try:
-        result = evaluate_checkpoint(args.checkpoint, args.eval_points)
+        result = evaluate_checkpoint(args.checkpoint, args.eval_points, args.device)
     except runs.CheckpointError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from tcestim.experiments.data import (
     pinwheel,
     render_sprites,
 )
+from tcestim.testing import devices
 
 SQUARE, ELLIPSE, HEART = 0, 1, 2
 
@@ -283,3 +284,24 @@ def test_pinwheel():
     assert torch.allclose(steps, torch.full((5,), 2 * math.pi / 5), atol=0.1)
     x3, y3 = pinwheel(7, num_classes=3, scale=10.0)
     assert x3.shape == (7, 2) and sorted(torch.bincount(y3).tolist()) == [2, 2, 3]
+
+
+@pytest.mark.parametrize("device", devices())
+def test_rendering_on_every_device(device):
+    idx = torch.randperm(NUM_IMAGES, generator=torch.Generator().manual_seed(1))[:512]
+    on_device = SpritesDataset(image_size=32, device=device, cache=True)
+    images = on_device.images(idx)
+    assert images.device.type == device and images.shape == (512, 1, 32, 32)
+    reference = SpritesDataset(image_size=32).images(idx)
+    # cos/sin may round differently on another device: a pixel centre on a sprite's edge may flip
+    assert (images.cpu() != reference).float().mean() < 1e-3
+    assert float(images.sum()) > 0.02 * images.numel()
+
+
+def test_factor_strides_select_the_grid():
+    data = SpritesDataset(image_size=16, subsample=(1, 1, 2, 2, 2))
+    assert len(data) == 3 * 6 * 20 * 16 * 16
+    factors = data.all_factors()
+    for k, stride in enumerate((1, 1, 2, 2, 2)):
+        assert bool((factors[:, k] % stride == 0).all())
+        assert len(torch.unique(factors[:, k])) == FACTOR_SIZES[k] // stride

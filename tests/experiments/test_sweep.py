@@ -52,5 +52,28 @@ def test_summary_statistics():
     results = {("beta-tcvae", 4.0, 0): {k: 1.0 for k in sweep.SUMMARY_KEYS},
                ("beta-tcvae", 4.0, 1): {k: 3.0 for k in sweep.SUMMARY_KEYS}}
     (row,) = sweep.summarise(results)
-    assert row["mig_chen"] == 2.0 and abs(row["mig_chen_se"] - 1.0) < 1e-12
+    assert row["mig_paper"] == 2.0 and abs(row["mig_paper_se"] - 1.0) < 1e-12
     assert sweep.correlation([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_parallel_cells_give_the_sequential_results(tmp_path):
+    grid = ["--objectives", "beta-tcvae", "--betas", "2", "--seeds", "0", "1", "--train-args",
+            TRAIN + " --threads 1", "--no-progress", "--no-plots"]
+    one = command("sweep", *grid, "--out", str(tmp_path / "one"))
+    two = command("sweep", *grid, "--out", str(tmp_path / "two"), "--jobs", "2")
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+    cells = [{(c["objective"], c["beta"], c["seed"]): c for c in json.loads((tmp_path / name / "sweep.json")
+                                                                            .read_text())["cells"]}
+             for name in ("one", "two")]
+    assert cells[0].keys() == cells[1].keys() and len(cells[0]) == 2
+    for key, cell in cells[0].items():
+        for metric in ("mig_paper", "tc", "elbo"):
+            assert cell[metric] == cells[1][key][metric]   # same threads per cell: bitwise the same run
+
+
+def test_the_table_compares_objectives_in_standard_errors():
+    rows = sweep.summarise({("beta-vae", 4.0, 0): {"mig_paper": 0.1}, ("beta-vae", 4.0, 1): {"mig_paper": 0.2},
+                            ("beta-tcvae", 4.0, 0): {"mig_paper": 0.3}, ("beta-tcvae", 4.0, 1): {"mig_paper": 0.4}})
+    (line,) = sweep.comparisons(rows, ["beta-vae", "beta-tcvae"])
+    # difference 0.2; each standard error 0.05, combined 0.0707: 2.8 standard errors
+    assert "+0.200" in line and "+2.8 standard errors" in line
