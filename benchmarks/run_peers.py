@@ -1,9 +1,10 @@
 """The peers' own code, timed beside tcestim: pythae's and disent's TC computations, as installed.
 
-    python benchmarks/run_peers.py               # B in 256, 1024, 4096, 8192; D = 10 (~15 min on 2 cores)
+    python benchmarks/run_peers.py               # B in 256, 1024, 4096, 8192; D = 10 (~10-15 min on 2 cores)
     python benchmarks/run_peers.py --quick       # B in 256, 1024 (~2 min)
     python benchmarks/run_peers.py --note "..."  # a line for the header (e.g. what else ran)
     python benchmarks/run_peers.py --threads 1   # torch threads in each measuring process
+    python benchmarks/run_peers.py --render results/peers-cpu-DATE.json   # only rewrite the .md
 
 For each peer package that imports (pythae, disent; neither is a tcestim dependency: see
 examples/pythae_dropin.py and examples/disent_dropin.py for installing them), three
@@ -277,6 +278,21 @@ def table(results, family: str) -> str:
     return "\n".join(lines)
 
 
+def agreement(results, family: str) -> str:
+    """The largest relative difference between the peer's value and tcestim's same-number row."""
+    same = FAMILIES[family][1]
+    by_size = {}
+    for r in results:
+        if r["family"] == family and "value" in r:
+            by_size.setdefault(r["B"], {})[r["impl"]] = r["value"]
+    pairs = [(B, v[family], v[same]) for B, v in sorted(by_size.items()) if family in v and same in v]
+    if not pairs:
+        return f"No size has both {family}'s value and `{same}`'s."
+    worst = max(abs(a - b) / max(1.0, abs(a)) for _, a, b in pairs)
+    return (f"{family} and `{same}` on the same inputs, B in {', '.join(str(B) for B, _, _ in pairs)}: "
+            f"largest relative difference {worst:.1e} (float32 rounding is about 1e-7 to 1e-5).")
+
+
 def machine_line(date: str) -> str:
     import run_cpu
     return run_cpu.machine_line(date)
@@ -314,7 +330,7 @@ def report(meta: Dict[str, object], results) -> str:
             out += [f"## {family}", "", "not installed: no rows.", ""]
             continue
         out += [f"## {family} {meta['packages'][family]}", "", descriptions[family], "",
-                table(results, family), ""]
+                table(results, family), "", agreement(results, family), ""]
     return "\n".join(out)
 
 
@@ -327,6 +343,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--note", default="", help="a line for the report's header")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measuring process")
+    parser.add_argument("--render", metavar="JSON", help="rewrite the .md beside a results .json; run nothing")
     parser.add_argument("--one", nargs=4, metavar=("FAMILY", "IMPL", "B", "D"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
@@ -335,6 +352,13 @@ def main(argv=None) -> None:
             torch.set_num_threads(args.threads)
         family, name, B, D = args.one
         print(json.dumps(measure_one(family, name, int(B), int(D))))
+        return
+
+    if args.render:
+        with open(args.render) as f:
+            saved = json.load(f)
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(report(saved["meta"], saved["results"]))
         return
 
     import torch
@@ -351,7 +375,7 @@ def main(argv=None) -> None:
     load_after = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     meta = {
-        "machine": machine_line(date) + (f"; measuring processes on {args.threads} torch threads"
+        "machine": machine_line(date) + (f"; torch threads per measuring process: {args.threads}"
                                          if args.threads is not None else ""),
         "date": date, "platform": platform.platform(),
         "command": shlex.join(["python", "benchmarks/run_peers.py", *(sys.argv[1:] if argv is None else argv)]),

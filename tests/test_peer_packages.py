@@ -46,9 +46,10 @@ def unit_weight_tc(z, mu, logvar):
                            "(see examples/disent_dropin.py)")
 def test_disent_dropin():
     # a subprocess: the example may register a torchvision placeholder, which must not leak here
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "disent_dropin.py"), "--json"],
-                         capture_output=True, text=True, timeout=300, check=True).stdout
-    r = json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "disent_dropin.py"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
     z, mu, log_var = (np.array(r[k], dtype=np.float32) for k in ("z", "mu", "log_var"))
     B, D, N = r["B"], r["D"], r["N"]
     assert z.shape == (B, D)

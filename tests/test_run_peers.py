@@ -68,3 +68,14 @@ def test_report_shows_the_statuses():
     assert "| 256 | tcestim stratified | 0.5000 | 0.50 | 2.00 | 0.1 | 0.1 | 16.0× | 10.0× |" in text
     assert "skipped (OOM estimate 19 GB > 8 GB)" in text
     assert "OOM (killed at 9.9 GiB RSS)" in text
+
+
+def test_agreement_line():
+    results = [{"family": "disent", "impl": "disent", "B": 256, "value": -2.0},
+               {"family": "disent", "impl": "tcestim unit weights", "B": 256, "value": -2.004},
+               {"family": "disent", "impl": "disent", "B": 1024, "value": 3.0},
+               {"family": "disent", "impl": "tcestim unit weights", "B": 1024, "value": 3.0},
+               {"family": "disent", "impl": "disent", "B": 8192, "skipped": "OOM estimate"}]
+    line = run_peers.agreement(results, "disent")
+    assert "B in 256, 1024:" in line and "largest relative difference 2.0e-03" in line
+    assert run_peers.agreement(results[-1:], "disent").startswith("No size")
