@@ -45,6 +45,7 @@ def run(N: int, lr: float, epochs: int, refresh: int, measure_every: int, tc_wei
     model = models.MLPVAE(32 * 32, 10, hidden=(512, 256), output_shape=(1, 32, 32))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     plain, refreshed = tcestim.DatasetBank(N, 10), tcestim.DatasetBank(N, 10)
+    written = torch.full((N,), -1, dtype=torch.int64)  # the step at which each slot of `plain` was written
     generator = torch.Generator().manual_seed(seed)
     noise = torch.Generator().manual_seed(seed + 1)
     cursor, steps_per_epoch = 0, N // batch
@@ -65,13 +66,16 @@ def run(N: int, lr: float, epochs: int, refresh: int, measure_every: int, tc_wei
                                                             bank=plain.for_batch(index)))
                     fresher = float(tcestim.total_correlation(z, mu, logvar, dataset_size=N,
                                                               bank=refreshed.for_batch(index)))
-                rows.append({"step": step, "epoch": epoch, "exact": exact, "bank": stale, "refresh": fresher})
+                    split = age_split(plain, written, step, index, z, mu, logvar, N)
+                rows.append({"step": step, "epoch": epoch, "exact": exact, "bank": stale, "refresh": fresher,
+                             **split})
             objective = losses.beta_tcvae(models.bernoulli_log_likelihood(out.recon, x), out.z, out.mu, out.logvar,
                                           dataset_size=N, tc_weight=tc_weight, bank=plain.for_batch(index))
             optimiser.zero_grad()
             objective.loss.backward()
             optimiser.step()
             plain.update(index, out.mu, out.logvar)
+            written[index] = step
             refreshed.update(index, out.mu, out.logvar)
             if refresh:
                 slice_ = (cursor + torch.arange(refresh)) % N
@@ -82,11 +86,34 @@ def run(N: int, lr: float, epochs: int, refresh: int, measure_every: int, tc_wei
             "rows": rows}
 
 
+def _sub_bank(bank, keep: torch.Tensor):
+    """The bank with only the slots in ``keep`` (N,) bool filled (weights renormalised by the bank)."""
+    state = bank.state_dict()
+    state["filled"] = state["filled"] & keep
+    sub = tcestim.DatasetBank(bank.dataset_size, bank.dim)
+    sub.load_state_dict(state)
+    return sub
+
+
+def age_split(bank, written, step, index, z, mu, logvar, N) -> dict:
+    """TC from the younger and the older half of the slots, and their linear extrapolation to age 0."""
+    age = (step - written).double()
+    filled = written >= 0
+    median = age[filled].median()
+    young, old = filled & (age <= median), filled & (age > median)
+    tcs = [float(tcestim.total_correlation(z, mu, logvar, dataset_size=N, bank=_sub_bank(bank, m).for_batch(index)))
+           for m in (young, old)]
+    a_young, a_old = float(age[young].mean()), float(age[old].mean())
+    slope = (tcs[1] - tcs[0]) / (a_old - a_young)
+    return {"young": tcs[0], "old": tcs[1], "age_young": a_young, "age_old": a_old,
+            "extrapolated": tcs[0] - a_young * slope}
+
+
 def summary(result: dict) -> dict:
     rows = result["rows"]
     out = {"N": result["N"], "lr": result["lr"], "refresh": result["refresh"], "measurements": len(rows),
            "exact_tc": statistics.mean(r["exact"] for r in rows)}
-    for key in ("bank", "refresh"):
+    for key in ("bank", "refresh", "young", "old", "extrapolated"):
         diffs = [r[key] - r["exact"] for r in rows]
         out[key] = (statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs)))
         out[key + "_pct"] = tuple(100.0 * v / out["exact_tc"] for v in out[key])  # of the mean exact TC
