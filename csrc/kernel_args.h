@@ -43,9 +43,13 @@ struct BackwardArgs {
   const T* log_qzd;      // (M, D) saved forward output
   int64_t M, K, D;
   double log_self, log_next, log_other;
+  // Components 0..grad_components-1 (0 <= grad_components <= K) get gradients; the others are
+  // constants of the mixture (a bank of detached encodings): the sweep over components skips them
+  // and leaves their rows of grad_mu and grad_logvar unwritten. grad_z always sums over all K.
+  int64_t grad_components;
   T* grad_z;       // (M, D) output
-  T* grad_mu;      // (K, D) output
-  T* grad_logvar;  // (K, D) output
+  T* grad_mu;      // (K, D) output, rows 0..grad_components-1 written
+  T* grad_logvar;  // (K, D) output, rows 0..grad_components-1 written
   T* grad_logw;    // (M, K) output for dense weights (else ignored, may be nullptr)
 };
 

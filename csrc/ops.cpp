@@ -3,6 +3,9 @@
 // Shapes: z (M, D) queries; mu, logvar (K, D) diagonal-Gaussian components; log_weights (M, K).
 // Structured weights: logw[i,j] = log_self if j == i, log_next if j == (i+1) mod M, else log_other.
 // Outputs: log_qz (M,) joint and log_qzd (M, D) per-dimension mixture log-densities, in nats.
+// grad_components: only components 0..grad_components-1 are differentiated (-1: all K); the others
+// are constants of the mixture (a bank's detached encodings) with gradient 0, which the backward
+// does not compute. The forward's values do not depend on it.
 #include <Python.h>
 #include <string>
 #include <vector>
@@ -13,20 +16,21 @@
 
 TORCH_LIBRARY(tcestim, m) {
   m.def("mixture_logdensity(Tensor z, Tensor mu, Tensor logvar, float log_self, float log_next, "
-        "float log_other) -> (Tensor, Tensor)");
+        "float log_other, int grad_components=-1) -> (Tensor, Tensor)");
   // The same with the structured log-weights as a (3,) float64 CPU tensor (self, next, other).
-  m.def("mixture_logdensity_tensor_weights(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights) "
-        "-> (Tensor, Tensor)");
+  m.def("mixture_logdensity_tensor_weights(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights, "
+        "int grad_components=-1) -> (Tensor, Tensor)");
   m.def("mixture_logdensity_tensor_weights_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, Tensor mu, "
-        "Tensor logvar, Tensor log_qz, Tensor log_qzd, Tensor log_weights) -> (Tensor, Tensor, Tensor)");
-  m.def("mixture_logdensity_dense(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights) "
-        "-> (Tensor, Tensor)");
+        "Tensor logvar, Tensor log_qz, Tensor log_qzd, Tensor log_weights, int grad_components=-1) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("mixture_logdensity_dense(Tensor z, Tensor mu, Tensor logvar, Tensor log_weights, "
+        "int grad_components=-1) -> (Tensor, Tensor)");
   m.def("mixture_logdensity_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, Tensor mu, "
         "Tensor logvar, Tensor log_qz, Tensor log_qzd, float log_self, float log_next, "
-        "float log_other) -> (Tensor, Tensor, Tensor)");
+        "float log_other, int grad_components=-1) -> (Tensor, Tensor, Tensor)");
   m.def("mixture_logdensity_dense_backward(Tensor grad_log_qz, Tensor grad_log_qzd, Tensor z, "
-        "Tensor mu, Tensor logvar, Tensor log_weights, Tensor log_qz, Tensor log_qzd) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+        "Tensor mu, Tensor logvar, Tensor log_weights, Tensor log_qz, Tensor log_qzd, "
+        "int grad_components=-1) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str");
   m.def("supported_cpu_isas() -> str[]");
   m.def("set_cpu_isa(str name) -> ()");

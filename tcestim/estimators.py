@@ -90,16 +90,19 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
         return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
     components_mu, components_logvar, others = ((mu, logvar, B - 1) if bank is None
                                                 else bank_components(bank, mu, logvar))
-    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife, others))
+    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife, others,
+                                                     grad_components=B))
 
 
 def stratified_log_densities(z, components_mu, components_logvar, dataset_size: int, jackknife: bool = False,
-                             num_others: Optional[int] = None):
+                             num_others: Optional[int] = None, grad_components: Optional[int] = None):
     """Stratified (log_qz, log_qzd) with query i's own encoding at component row i.
 
     Every other component (batch mates, other ranks' batches, a bank) weighs (N - 1) / (N num_others);
     the own one 1/N. ``num_others`` defaults to K - 1; it is smaller when components are masked out
-    (a DatasetBank's unwritten and own slots, of density 0).
+    (a DatasetBank's unwritten and own slots, of density 0). ``grad_components``: the leading
+    components that carry gradient (the batch; a bank's rows after it are detached), so that the
+    fused backward skips the rest; None: all.
     """
     N = dataset_size
     if jackknife:
@@ -109,7 +112,8 @@ def stratified_log_densities(z, components_mu, components_logvar, dataset_size: 
     if others < 1:
         raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
                          f"got {components_mu.shape[0]} component(s)")
-    return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others))
+    return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others),
+                              grad_components=grad_components)
 
 
 def assemble_decomposition(z, mu, logvar, log_qz, log_qzd, prior: Prior) -> KLDecomposition:

@@ -1,5 +1,6 @@
 // C++ unit tests for the CPU kernels, against a naive double-precision reference written here.
 // Built and run by CMake/ctest without Python or torch.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -140,7 +141,7 @@ void check_backward(const std::string& name, Problem p, bool structured, double 
   std::vector<double> gz(p.M * p.D), gmu(p.K * p.D), glv(p.K * p.D), glw(p.M * p.K);
   const BackwardArgs<double> args{a.data(), b.data(), p.z.data(), p.mu.data(), p.logvar.data(),
                                    structured ? nullptr : p.logw.data(), lqz.data(), lqzd.data(),
-                                   p.M, p.K, p.D, ls, ln, lo, gz.data(), gmu.data(), glv.data(),
+                                   p.M, p.K, p.D, ls, ln, lo, p.K, gz.data(), gmu.data(), glv.data(),
                                    structured ? nullptr : glw.data()};
   tcestim::cpu::kernels<double>(g_isa).backward(args, serial);
   const double h = 1e-6;
@@ -182,7 +183,7 @@ void check_threads_bitwise(const std::string& name, const Problem& p, bool struc
     tcestim::cpu::kernels<T>(g_isa).forward(fwd, *parallel_for);
     const BackwardArgs<T> bwd{a.data(), b.data(), z.data(), mu.data(), lv.data(),
                               structured ? nullptr : lw.data(), qz.data(), qzd.data(), p.M, p.K, p.D,
-                              ls, ln, lo, gz.data(), gmu.data(), glv.data(),
+                              ls, ln, lo, p.K, gz.data(), gmu.data(), glv.data(),
                               structured ? nullptr : glw.data()};
     tcestim::cpu::kernels<T>(g_isa).backward(bwd, *parallel_for);
     outs[run++] = {qz, qzd, gz, gmu, glv, glw};
@@ -191,6 +192,57 @@ void check_threads_bitwise(const std::string& name, const Problem& p, bool struc
     if (!bitwise_equal(outs[0][k], outs[1][k])) {
       std::printf("FAIL %s: output %zu differs between the serial and the threaded run\n", name.c_str(), k);
       ++g_failures;
+    }
+  }
+}
+
+// grad_components < K: grad_z and the leading rows of grad_mu / grad_logvar are bitwise those of the
+// full backward; the other rows are not written (their sentinel survives).
+template <typename T>
+void check_grad_components(const std::string& name, const Problem& p, bool structured, double ls,
+                           double ln, double lo) {
+  auto z = cast<T>(p.z), mu = cast<T>(p.mu), lv = cast<T>(p.logvar), lw = cast<T>(p.logw);
+  std::vector<T> a(p.M), b(p.M * p.D), qz(p.M), qzd(p.M * p.D);
+  for (int64_t k = 0; k < p.M; ++k) a[k] = T(std::sin(0.7 * k));
+  for (int64_t k = 0; k < p.M * p.D; ++k) b[k] = T(std::cos(0.3 * k));
+  const ForwardArgs<T> fwd{z.data(), mu.data(), lv.data(), structured ? nullptr : lw.data(),
+                           p.M, p.K, p.D, ls, ln, lo, qz.data(), qzd.data()};
+  tcestim::cpu::kernels<T>(g_isa).forward(fwd, threaded);
+  std::vector<std::vector<T>> outs[2];
+  const T sentinel = T(7);
+  for (int run = 0; run < 2; ++run) {
+    const int64_t owned = run == 0 ? p.K : std::min<int64_t>(p.M, p.K) / 2 + 1;
+    std::vector<T> gz(p.M * p.D, sentinel), gmu(p.K * p.D, sentinel), glv(p.K * p.D, sentinel),
+        glw(p.M * p.K, sentinel);
+    const BackwardArgs<T> bwd{a.data(), b.data(), z.data(), mu.data(), lv.data(),
+                              structured ? nullptr : lw.data(), qz.data(), qzd.data(), p.M, p.K, p.D,
+                              ls, ln, lo, owned, gz.data(), gmu.data(), glv.data(),
+                              structured ? nullptr : glw.data()};
+    tcestim::cpu::kernels<T>(g_isa).backward(bwd, threaded);
+    outs[run] = {gz, gmu, glv, glw};
+    if (run == 1) {
+      const int64_t head = owned * p.D;
+      for (int k : {1, 2}) {
+        const std::vector<T>& full = outs[0][k];
+        const std::vector<T>& part = outs[1][k];
+        if (std::memcmp(full.data(), part.data(), head * sizeof(T)) != 0) {
+          std::printf("FAIL %s: leading component gradients differ from the full backward\n", name.c_str());
+          ++g_failures;
+        }
+        for (int64_t q = head; q < p.K * p.D; ++q) {
+          if (part[q] != sentinel) {
+            std::printf("FAIL %s: component row %ld written\n", name.c_str(), long(q / p.D));
+            ++g_failures;
+            break;
+          }
+        }
+      }
+      for (int k : {0, 3}) {
+        if (!bitwise_equal(outs[0][k], outs[1][k])) {
+          std::printf("FAIL %s: output %d depends on grad_components\n", name.c_str(), k);
+          ++g_failures;
+        }
+      }
     }
   }
 }
@@ -212,6 +264,8 @@ void run_all_checks() {
       if (s[0] * s[1] * s[2] <= 800) check_backward(name + " f64", p, structured, ls, ln, lo);
       check_threads_bitwise<float>(name + " f32 threads", p, structured, ls, ln, lo);
       check_threads_bitwise<double>(name + " f64 threads", p, structured, ls, ln, lo);
+      check_grad_components<float>(name + " f32 grad_components", p, structured, ls, ln, lo);
+      check_grad_components<double>(name + " f64 grad_components", p, structured, ls, ln, lo);
     }
   }
   // A zero weight everywhere gives -inf (empty mixture), not NaN.
