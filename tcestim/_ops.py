@@ -20,7 +20,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 
 from tcestim import _fallback
-from tcestim._extension import CUDA_MAX_DIM, extension_available, has_fused_kernel
+from tcestim._extension import CUDA_MAX_DIM, JACKKNIFE_MAX_BIG, JACKKNIFE_SERIES, extension_available, has_fused_kernel
 from tcestim.weights import StructuredLogWeights
 
 
@@ -137,6 +137,37 @@ def _register() -> None:
         return (*torch.ops.tcestim.mixture_logdensity_dense_backward(
             grad_log_qz, grad_log_qzd, z, mu, logvar, log_weights, log_qz, log_qzd, ctx.grad_components), None)
 
+    @torch.library.register_fake("tcestim::jackknife_sums")
+    def _(z, mu, logvar, grad_components=-1):
+        rows = (z.shape[0], z.shape[1] + 1)
+        return (z.new_empty(rows), z.new_empty(rows), z.new_empty((*rows, JACKKNIFE_MAX_BIG), dtype=torch.int64),
+                z.new_empty((*rows, JACKKNIFE_SERIES)))
+
+    @torch.library.register_fake("tcestim::jackknife_sums_backward")
+    def _(grad_power_sums, z, mu, logvar, shift, log2_threshold, grad_components=-1):
+        return _contiguous_like(z), _contiguous_like(mu), _contiguous_like(logvar)
+
+    def setup_jackknife(ctx, inputs, output):
+        z, mu, logvar, *rest = inputs
+        shift, log2_threshold, big_index, _ = output
+        ctx.mark_non_differentiable(shift, log2_threshold, big_index)
+        ctx.save_for_backward(z, mu, logvar, shift, log2_threshold)
+        ctx.grad_components = rest[0] if rest else -1
+
+    def backward_jackknife(ctx, _shift, _threshold, _big, grad_power_sums):
+        z, mu, logvar, shift, log2_threshold = ctx.saved_tensors
+        if grad_power_sums is None:
+            grad_power_sums = z.new_zeros((*shift.shape, JACKKNIFE_SERIES))
+        grads = torch.ops.tcestim.jackknife_sums_backward(grad_power_sums, z, mu, logvar, shift, log2_threshold,
+                                                          ctx.grad_components)
+        if torch.is_grad_enabled():
+            # create_graph=True: first-order gradients only (tcestim.jackknife refuses a second
+            # differentiation); tied to the inputs so that such an attempt reaches that refusal.
+            anchor = 0.0 * (z.sum() + mu.sum() + logvar.sum())
+            grads = tuple(g + anchor for g in grads)
+        return (*grads, None)
+
+    torch.library.register_autograd("tcestim::jackknife_sums", backward_jackknife, setup_context=setup_jackknife)
     torch.library.register_autograd(
         "tcestim::mixture_logdensity", backward_structured, setup_context=setup_structured)
     torch.library.register_autograd(
@@ -156,6 +187,12 @@ def _under_transform(tensors) -> bool:
     if torch._C._functorch.maybe_current_level() is not None:
         return True
     return any(isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None for t in tensors)
+
+
+def has_fused_jackknife(*tensors) -> bool:
+    """True when tcestim.jackknife can use the fused jackknife sums (CPU kernels, no torch.func
+    transform or forward-mode tangent on the inputs)."""
+    return has_fused_kernel(tensors[0].device) and tensors[0].device.type == "cpu" and not _under_transform(tensors)
 
 
 def mixture_logdensity(z, mu, logvar, log_weights, grad_components: int | None = None):

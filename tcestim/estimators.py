@@ -106,8 +106,8 @@ def stratified_log_densities(z, components_mu, components_logvar, dataset_size: 
     """
     N = dataset_size
     if jackknife:
-        from tcestim.jackknife import jackknife_log_densities
-        return jackknife_log_densities(z, components_mu, components_logvar, N)
+        from tcestim.jackknife import _jackknife_by_order
+        return _jackknife_by_order(z, components_mu, components_logvar, N, (2,), grad_components)[2]
     others = components_mu.shape[0] - 1 if num_others is None else num_others
     if others < 1:
         raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
@@ -150,7 +150,8 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
         jackknife: second-order finite-population jackknife correction of log q(z) and log q(z_d)
             from the leave-one- and leave-two-component-out estimates ("stratified" only; needs
             at least 3 components, first order with exactly 3; no correction when batch + bank
-            hold the whole dataset; O(B K D) extra work in PyTorch; see :mod:`tcestim.jackknife`).
+            hold the whole dataset; O(B K D) extra work, inside the fused kernels on the CPU; see
+            :mod:`tcestim.jackknife`).
 
     Returns:
         :class:`KLDecomposition` of per-sample tensors (nats); average them for batch estimates.
