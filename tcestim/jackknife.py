@@ -338,30 +338,36 @@ def _jackknife_by_order(z, components_mu, components_logvar, dataset_size: int, 
 
 def _log1m_series_sums(ratio: torch.Tensor, power_sums: torch.Tensor) -> torch.Tensor:
     """sum_j log(1 - ratio v_j) = -sum_q ratio^q p_q / q from the power sums (..., Q) of v."""
-    total, power = torch.zeros_like(ratio), ratio
-    for q in range(power_sums.shape[-1]):
-        total = total - power * power_sums[..., q] / (q + 1)
-        power = power * ratio
-    return total
+    q = torch.arange(1, power_sums.shape[-1] + 1, dtype=ratio.dtype, device=ratio.device)
+    return -(ratio.unsqueeze(-1) ** q * power_sums / q).sum(-1)
 
 
 def _pair_power_sums_tensor(power_sums: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """sum_{j<k} (v_j + v_k)^q, q = 1..Q, from the power sums (..., Q) of ``count`` (...,) values."""
-    p = [count] + list(power_sums.unbind(-1))
-    out = []
-    for q in range(1, power_sums.shape[-1] + 1):
-        full = sum(math.comb(q, i) * p[i] * p[q - i] for i in range(q + 1))
-        out.append(0.5 * (full - 2 ** q * p[q]))
-    return torch.stack(out, -1)
+    """sum_{j<k} (v_j + v_k)^q, q = 1..Q, from the power sums (R, Q) of ``count`` (R,) values:
+    (sum_i binom(q, i) p_i p_(q-i) - 2^q p_q) / 2 with p_0 = count, as one contraction."""
+    Q = power_sums.shape[-1]
+    p = torch.cat([count[:, None], power_sums], 1)                                   # (R, Q + 1)
+    products = (p[:, :, None] * p[:, None, :]).reshape(p.shape[0], -1)                # (R, (Q + 1)^2)
+    return 0.5 * (products @ _pair_matrix(Q, p.dtype, p.device) - 2.0 ** torch.arange(
+        1, Q + 1, dtype=p.dtype, device=p.device) * power_sums)
 
 
-def _fused_rows(log_a, log_big, valid, log_shift, power_sums, n: int, with_pairs: bool):
+def _pair_matrix(Q: int, dtype, device) -> torch.Tensor:
+    """((Q + 1)^2, Q): entry (i (Q + 1) + k, q - 1) = binom(q, i) where i + k = q."""
+    m = torch.zeros((Q + 1) ** 2, Q, dtype=dtype)
+    for q in range(1, Q + 1):
+        for i in range(q + 1):
+            m[i * (Q + 1) + (q - i), q - 1] = math.comb(q, i)
+    return m.to(device)
+
+
+def _fused_rows(log_a, log_shift, power_sums, n: int, with_pairs: bool, row, slot, log_big, slots: int):
     """theta, mean_k theta_(k) - theta and (with_pairs) mean_jk theta_(jk) - theta per row, as
-    _row_means, from the big terms (rows, T) (log, weighted; ``valid`` marks the real ones) and the
-    power sums (rows, Q) of the small terms relative to exp(log_shift) (weighted). Float64.
-
-    Most rows have no big term: what involves big terms runs on the rows that have some
-    (``some``), the pairs among them on the rows with two or more (``multi``)."""
+    _row_means, from the power sums (rows, Q) of the small terms relative to exp(log_shift) and the
+    big terms, one entry each: row (E,), slot (E,) its place among the row's ``slots``, log_big (E,)
+    (log, weighted). Float64. Most rows have no or one big term: per-entry work is O(E), and only
+    the rows with two or more get the (slots, slots) work of the pairs among big terms."""
+    R = log_a.shape[0]
     top_log = torch.maximum(log_a, log_shift).detach()
     top_log = torch.where(torch.isfinite(top_log), top_log, torch.zeros_like(top_log))
     log_a = log_a - top_log
@@ -369,30 +375,32 @@ def _fused_rows(log_a, log_big, valid, log_shift, power_sums, n: int, with_pairs
     powers = sigma[:, None] ** torch.arange(1, power_sums.shape[1] + 1, dtype=sigma.dtype, device=sigma.device)
     sums = power_sums * powers                                                                 # (R, Q)
     rest_total = sums[:, 0]
-    count = valid.sum(1)
+    count = torch.bincount(row, minlength=R)
     n_rest = n - count.to(log_a.dtype)
     has_rest = rest_total > 0
 
-    some = (count >= 1).nonzero().squeeze(1)
-    T = log_big.shape[1]
-    valid_s = valid[some]
-    v = torch.where(valid_s, torch.exp(log_big[some] - top_log[some, None]), torch.zeros_like(log_big[some]))
-    big_total = torch.zeros_like(log_a).index_put((some,), v.sum(1))
-    total = big_total + rest_total
+    v = torch.exp(log_big - top_log[row])                                                      # (E,)
+    total = torch.zeros_like(log_a).index_add(0, row, v) + rest_total
     log_full = torch.logaddexp(log_a, _safe_log(total))
     theta = top_log + log_full
 
-    # The sum of the other big terms, exact for the largest (masked sums, rows with two or more).
-    multi_in_some = (count[some] >= 2).nonzero().squeeze(1)
-    v_multi = v[multi_in_some]
-    eye = torch.eye(T, dtype=torch.bool, device=v.device)
-    others_multi = v_multi.unsqueeze(1).expand(-1, T, -1).masked_fill(eye, 0.0).sum(-1)
-    others = torch.zeros_like(v).index_put((multi_in_some,), others_multi)                    # (S, T)
-    a_s, full_s, rest_s, n_rest_s = log_a[some, None], log_full[some, None], rest_total[some, None], n_rest[some, None]
+    # The other big terms of each entry's row, summed exactly (masked sums over the rows with two or more).
+    multi = (count >= 2).nonzero().squeeze(1)
+    place = torch.full((R,), -1, dtype=torch.long, device=row.device).index_put(
+        (multi,), torch.arange(multi.numel(), device=row.device))
+    in_multi = place[row] >= 0
+    m_row, m_slot = place[row][in_multi], slot[in_multi]
+    v_multi = torch.zeros(multi.numel(), slots, dtype=v.dtype, device=v.device).index_put((m_row, m_slot), v[in_multi])
+    valid_multi = torch.zeros(multi.numel(), slots, dtype=torch.bool, device=v.device).index_put(
+        (m_row, m_slot), torch.ones_like(m_row, dtype=torch.bool))
+    eye = torch.eye(slots, dtype=torch.bool, device=v.device)
+    others_multi = v_multi.unsqueeze(1).expand(-1, slots, -1).masked_fill(eye, 0.0).sum(-1)   # (Rm, slots)
+    others = torch.zeros_like(v).index_put((in_multi.nonzero().squeeze(1),), others_multi[m_row, m_slot])
+    a_e, full_e, rest_e, n_rest_e = log_a[row], log_full[row], rest_total[row], n_rest[row]
 
     scale1 = n / (n - 1)
-    loo_big = (torch.logaddexp(a_s, _safe_log(scale1 * (others + rest_s))) - full_s) * valid_s
-    loo_sum = torch.zeros_like(log_a).index_put((some,), loo_big.sum(1))
+    loo_big = torch.logaddexp(a_e, _safe_log(scale1 * (others + rest_e))) - full_e
+    loo_sum = torch.zeros_like(log_a).index_add(0, row, loo_big)
     log_y1 = torch.logaddexp(log_a, _safe_log(scale1 * total))
     ratio1 = torch.where(has_rest, scale1 * torch.exp(-log_y1), torch.zeros_like(log_y1))
     loo_sum = loo_sum + torch.where(n_rest > 0, n_rest * (log_y1 - log_full) + _log1m_series_sums(ratio1, sums),
@@ -402,25 +410,23 @@ def _fused_rows(log_a, log_big, valid, log_shift, power_sums, n: int, with_pairs
 
     scale2 = n / (n - 2)
     # Pairs among the big terms, as _row_means: the pair of the two largest keeps the sum from the third on.
-    multi = some[multi_in_some]
     order = v_multi.argsort(1, descending=True)
-    top, top_valid = v_multi.gather(1, order), valid_s[multi_in_some].gather(1, order)
+    top, top_valid = v_multi.gather(1, order), valid_multi.gather(1, order)
     remaining = others_multi.gather(1, order)[:, :, None] - top[:, None, :]
-    if T >= 2:
+    if slots >= 2:
         remaining[:, 0, 1] = top[:, 2:].sum(1)
-    pairs = torch.triu(torch.ones(T, T, dtype=torch.bool, device=v.device), diagonal=1) \
+    pairs = torch.triu(torch.ones(slots, slots, dtype=torch.bool, device=v.device), diagonal=1) \
         & top_valid[:, :, None] & top_valid[:, None, :]
     pair_logs = torch.logaddexp(log_a[multi, None, None],
                                 _safe_log(scale2 * (remaining.clamp_min(0.0) + rest_total[multi, None, None])))
     pair_multi = (pair_logs - log_full[multi, None, None]).masked_fill(~pairs, 0.0).sum((1, 2))
     pair_sum = torch.zeros_like(log_full).index_put((multi,), pair_multi)
     # Pairs (big i, small j) and pairs among the small terms, through the series.
-    log_y_i = torch.logaddexp(a_s, _safe_log(scale2 * (others + rest_s)))
-    ratio_i = torch.where(has_rest[some, None], scale2 * torch.exp(-log_y_i), torch.zeros_like(log_y_i))
-    series_i = _log1m_series_sums(ratio_i, sums[some, None, :])
-    big_rest = torch.where(valid_s & (n_rest_s > 0), n_rest_s * (log_y_i - full_s) + series_i,
+    log_y_i = torch.logaddexp(a_e, _safe_log(scale2 * (others + rest_e)))
+    ratio_i = torch.where(has_rest[row], scale2 * torch.exp(-log_y_i), torch.zeros_like(log_y_i))
+    big_rest = torch.where(n_rest_e > 0, n_rest_e * (log_y_i - full_e) + _log1m_series_sums(ratio_i, sums[row]),
                            torch.zeros_like(log_y_i))
-    pair_sum = pair_sum + torch.zeros_like(log_full).index_put((some,), big_rest.sum(1))
+    pair_sum = pair_sum.index_add(0, row, big_rest)
     log_y = torch.logaddexp(log_a, _safe_log(scale2 * total))
     ratio = torch.where(has_rest, scale2 * torch.exp(-log_y), torch.zeros_like(log_y))
     rest_pairs = 0.5 * n_rest * (n_rest - 1)
@@ -439,24 +445,20 @@ def _fused_log_densities_by_order(z, mu, logvar, weights: StructuredLogWeights, 
     # The own terms, joint and marginals: (B, R).
     own = log_normal_diag(z, mu[:B], logvar[:B])
     log_a = torch.cat([own.sum(1, keepdim=True), own], 1).double() + weights.self
-    # The big terms, recomputed here from their components, one entry each: (B R, T), -inf padded.
+    # The big terms, recomputed here from their components, one entry each.
     T = int((big_index >= 0).sum(-1).max()) if big_index.numel() else 0
     index = big_index[..., :T].reshape(B * R, T)
-    valid = index >= 0
-    row, slot = valid.nonzero(as_tuple=True)
+    row, slot = (index >= 0).nonzero(as_tuple=True)
     component = index[row, slot]
     query, target = row // R, row % R
     terms = log_normal_diag(z[query], mu[component], logvar[component])                       # (E, D)
     dim = (target - 1).clamp_min(0)
     x = torch.where(target == 0, terms.sum(1), terms.gather(1, dim[:, None]).squeeze(1))
-    log_big = torch.full((B * R, T), -math.inf, dtype=torch.float64, device=z.device).index_put(
-        (row, slot), x.double() + weights.other)
     log_shift = shift2.double() * _LN2 + weights.other
     effective = {order: min(order, n - 1) for order in orders}
     extrapolation = {order: extrapolation_weights(n, population, e) for order, e in effective.items()}
-    theta, loo, pairs = _fused_rows(log_a.reshape(-1), log_big, valid, log_shift.reshape(-1),
-                                    power_sums.reshape(B * R, -1).double(), n,
-                                    with_pairs=max(effective.values()) == 2)
+    theta, loo, pairs = _fused_rows(log_a.reshape(-1), log_shift.reshape(-1), power_sums.reshape(B * R, -1).double(),
+                                    n, max(effective.values()) == 2, row, slot, x.double() + weights.other, T)
     vanishing = torch.isneginf(theta)
     out = {}
     for order, (w1, w2) in extrapolation.items():

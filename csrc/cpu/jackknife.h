@@ -4,8 +4,9 @@
 // Forward, per block of kLanes queries, two passes over the components (the cube recomputed, never
 // stored): (1) the maximum of each target's other terms and, online (rescaled when the maximum
 // moves), the sum of the others but the largest, which sets the threshold; (2) the big terms'
-// indices and the small terms' power sums. Backward: the same two sweeps as the mixture's backward (query blocks for
-// grad_z, component blocks for grad_mu and grad_logvar), with the weight of term k of target r
+// indices and the small terms' power sums. Backward: the same two sweeps as the mixture's backward
+// (query blocks for grad_z, component blocks for grad_mu and grad_logvar, the latter for the
+// components 0..grad_components-1 only), with the weight of term k of target r
 //   W = sum_q q g[r,q] u[k]^q   (small terms; big terms and the own component weigh 0),
 // added over the joint (every d) and the marginal of d. Terms are formed without FMA contraction
 // (detail::jackknife_term), so that both sweeps classify every term exactly as the forward did.
@@ -155,11 +156,9 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   }
 }
 
-// Per target r of one query: shift, threshold and the coefficients q g[r,q] (index q - 1).
+// The coefficients q g[r,q] (index q - 1) of query i's target r.
 template <typename T>
 struct JackknifeRowGrad {
-  const T* shift;
-  const T* threshold;
   const T* grad;  // (M, R, kSeries)
   int64_t R;
   T coefficient(int64_t i, int64_t r, int64_t q) const { return T(q + 1) * grad[(i * R + r) * kSeries + q]; }
@@ -180,7 +179,7 @@ void jackknife_rows_block(const JackknifeBackwardArgs<T>& a, const ComponentTabl
   V* __restrict thr = shift + R;
   V* __restrict coef = thr + R;  // (R, kSeries)
   gather_transposed(a.z, rows, M, D, zt);
-  const JackknifeRowGrad<T> g{a.shift, a.log2_threshold, a.grad_power_sums, R};
+  const JackknifeRowGrad<T> g{a.grad_power_sums, R};
   for (int64_t r = 0; r < R; ++r) {
     for (int l = 0; l < L; ++l) {
       const int64_t i = rows.index(l, M);
@@ -238,7 +237,7 @@ void jackknife_columns_block(const JackknifeBackwardArgs<T>& a, const ComponentT
   gather_transposed(comp.quadratic.data(), cols, K, D, qt);
   gather_transposed(comp.offset.data(), cols, K, D, ot);
   for (int64_t d = 0; d < 2 * D; ++d) gmu[d] = broadcast(T(0));
-  const JackknifeRowGrad<T> g{a.shift, a.log2_threshold, a.grad_power_sums, R};
+  const JackknifeRowGrad<T> g{a.grad_power_sums, R};
   const V half = broadcast(T(0.5));
 
   for (int64_t i = 0; i < M; ++i) {
