@@ -190,9 +190,11 @@ def _under_transform(tensors) -> bool:
 
 
 def has_fused_jackknife(*tensors) -> bool:
-    """True when tcestim.jackknife can use the fused jackknife sums (CPU kernels, no torch.func
-    transform or forward-mode tangent on the inputs)."""
-    return has_fused_kernel(tensors[0].device) and tensors[0].device.type == "cpu" and not _under_transform(tensors)
+    """True when tcestim.jackknife can use the fused jackknife sums: CPU kernels, no torch.func
+    transform or forward-mode tangent on the inputs, and not while torch.compile traces (the estimate
+    is formed from a data-dependent number of big terms)."""
+    return (has_fused_kernel(tensors[0].device) and tensors[0].device.type == "cpu"
+            and not torch.compiler.is_compiling() and not _under_transform(tensors))
 
 
 def mixture_logdensity(z, mu, logvar, log_weights, grad_components: int | None = None):
