@@ -39,6 +39,7 @@ struct BackwardCall {
   Tensor log_qz, log_qzd;
   int64_t M, K, D;
   double log_self, log_next, log_other;
+  int64_t grad_components;  // leading components that get gradients (kernel_args.h); the rest get 0
   Tensor grad_z, grad_mu, grad_logvar;
   Tensor grad_logw;  // (M, K) for dense weights, else undefined
 };
@@ -78,6 +79,13 @@ inline void check_log_weights(const char* op, const Tensor& log_weights, const T
   check_on_device(op, "log_weights", log_weights, z, device);
 }
 
+// grad_components: the number of leading components that get gradients, in [0, K], or -1 for all K.
+inline int64_t check_grad_components(const char* op, int64_t grad_components, int64_t K) {
+  TORCH_CHECK(grad_components >= -1 && grad_components <= K, op,
+              ": grad_components must be -1 (all) or in [0, K = ", K, "], got ", grad_components);
+  return grad_components < 0 ? K : grad_components;
+}
+
 // grad_log_qz / log_qz of shape (M,) and grad_log_qzd / log_qzd of the shape of z.
 inline void check_saved(const char* op, const char* name, const Tensor& t, const Tensor& z,
                         at::IntArrayRef shape, c10::DeviceType device) {
@@ -112,9 +120,11 @@ inline BackwardCall prepare_backward(const char* op, const Tensor& grad_qz, cons
                                      const Tensor& z, const Tensor& mu, const Tensor& logvar,
                                      const Tensor* log_weights, const Tensor& log_qz,
                                      const Tensor& log_qzd, double log_self, double log_next,
-                                     double log_other, c10::DeviceType device) {
+                                     double log_other, int64_t grad_components,
+                                     c10::DeviceType device) {
   check_inputs(op, z, mu, logvar, device);
   const int64_t M = z.size(0), K = mu.size(0), D = z.size(1);
+  const int64_t owned = check_grad_components(op, grad_components, K);
   check_saved(op, "grad_log_qz", grad_qz, z, {M}, device);
   check_saved(op, "log_qz", log_qz, z, {M}, device);
   check_saved(op, "grad_log_qzd", grad_qzd, z, z.sizes(), device);
@@ -138,27 +148,37 @@ inline BackwardCall prepare_backward(const char* op, const Tensor& grad_qz, cons
   call.log_self = log_self;
   call.log_next = log_next;
   call.log_other = log_other;
+  call.grad_components = owned;
   call.grad_z = at::empty({M, D}, z.options());
   call.grad_mu = at::empty({K, D}, z.options());
   call.grad_logvar = at::empty({K, D}, z.options());
+  if (owned < K) {  // the kernels leave these rows unwritten: constants have gradient 0
+    call.grad_mu.narrow(0, owned, K - owned).zero_();
+    call.grad_logvar.narrow(0, owned, K - owned).zero_();
+  }
   return call;
 }
 
 template <typename Backend>
 struct Operators {
+  // grad_components only tells autograd (tcestim/_ops.py) which components get gradients; the
+  // forward checks it and computes the same values whatever it is.
   static std::tuple<Tensor, Tensor> structured(const Tensor& z, const Tensor& mu, const Tensor& logvar,
-                                               double log_self, double log_next, double log_other) {
+                                               double log_self, double log_next, double log_other,
+                                               int64_t grad_components) {
     constexpr const char* op = "mixture_logdensity";
     ForwardCall call = prepare_forward(op, z, mu, logvar, nullptr, log_self, log_next, log_other,
                                        Backend::kDevice);
+    check_grad_components(op, grad_components, call.K);
     Backend::forward(op, call);
     return {call.log_qz, call.log_qzd};
   }
 
   static std::tuple<Tensor, Tensor> dense(const Tensor& z, const Tensor& mu, const Tensor& logvar,
-                                          const Tensor& log_weights) {
+                                          const Tensor& log_weights, int64_t grad_components) {
     constexpr const char* op = "mixture_logdensity_dense";
     ForwardCall call = prepare_forward(op, z, mu, logvar, &log_weights, 0, 0, 0, Backend::kDevice);
+    check_grad_components(op, grad_components, call.K);
     Backend::forward(op, call);
     return {call.log_qz, call.log_qzd};
   }
@@ -166,20 +186,22 @@ struct Operators {
   static std::tuple<Tensor, Tensor, Tensor> structured_backward(
       const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu,
       const Tensor& logvar, const Tensor& log_qz, const Tensor& log_qzd, double log_self,
-      double log_next, double log_other) {
+      double log_next, double log_other, int64_t grad_components) {
     constexpr const char* op = "mixture_logdensity_backward";
     BackwardCall call = prepare_backward(op, grad_qz, grad_qzd, z, mu, logvar, nullptr, log_qz,
-                                         log_qzd, log_self, log_next, log_other, Backend::kDevice);
+                                         log_qzd, log_self, log_next, log_other, grad_components,
+                                         Backend::kDevice);
     Backend::backward(op, call);
     return {call.grad_z, call.grad_mu, call.grad_logvar};
   }
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor> dense_backward(
       const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu,
-      const Tensor& logvar, const Tensor& log_weights, const Tensor& log_qz, const Tensor& log_qzd) {
+      const Tensor& logvar, const Tensor& log_weights, const Tensor& log_qz, const Tensor& log_qzd,
+      int64_t grad_components) {
     constexpr const char* op = "mixture_logdensity_dense_backward";
     BackwardCall call = prepare_backward(op, grad_qz, grad_qzd, z, mu, logvar, &log_weights, log_qz,
-                                         log_qzd, 0, 0, 0, Backend::kDevice);
+                                         log_qzd, 0, 0, 0, grad_components, Backend::kDevice);
     Backend::backward(op, call);
     return {call.grad_z, call.grad_mu, call.grad_logvar, call.grad_logw};
   }
@@ -199,18 +221,18 @@ inline std::array<double, 3> structured_weights(const Tensor& log_weights) {
 
 template <typename Backend>
 std::tuple<Tensor, Tensor> structured_tensor_weights(const Tensor& z, const Tensor& mu, const Tensor& logvar,
-                                                     const Tensor& log_weights) {
+                                                     const Tensor& log_weights, int64_t grad_components) {
   const auto w = structured_weights(log_weights);
-  return Operators<Backend>::structured(z, mu, logvar, w[0], w[1], w[2]);
+  return Operators<Backend>::structured(z, mu, logvar, w[0], w[1], w[2], grad_components);
 }
 
 template <typename Backend>
 std::tuple<Tensor, Tensor, Tensor> structured_tensor_weights_backward(
     const Tensor& grad_qz, const Tensor& grad_qzd, const Tensor& z, const Tensor& mu, const Tensor& logvar,
-    const Tensor& log_qz, const Tensor& log_qzd, const Tensor& log_weights) {
+    const Tensor& log_qz, const Tensor& log_qzd, const Tensor& log_weights, int64_t grad_components) {
   const auto w = structured_weights(log_weights);
   return Operators<Backend>::structured_backward(grad_qz, grad_qzd, z, mu, logvar, log_qz, log_qzd, w[0], w[1],
-                                                 w[2]);
+                                                 w[2], grad_components);
 }
 
 template <typename Backend>
@@ -249,7 +271,7 @@ BackwardArgs<T> kernel_args(BackwardCall& c) {
                          c.z.const_data_ptr<T>(), c.mu.const_data_ptr<T>(),
                          c.logvar.const_data_ptr<T>(), data_or_null<T>(c.log_weights),
                          c.log_qz.const_data_ptr<T>(), c.log_qzd.const_data_ptr<T>(),
-                         c.M, c.K, c.D, c.log_self, c.log_next, c.log_other,
+                         c.M, c.K, c.D, c.log_self, c.log_next, c.log_other, c.grad_components,
                          c.grad_z.mutable_data_ptr<T>(), c.grad_mu.mutable_data_ptr<T>(),
                          c.grad_logvar.mutable_data_ptr<T>(), mutable_data_or_null<T>(c.grad_logw)};
 }

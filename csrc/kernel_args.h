@@ -43,10 +43,57 @@ struct BackwardArgs {
   const T* log_qzd;      // (M, D) saved forward output
   int64_t M, K, D;
   double log_self, log_next, log_other;
+  // Components 0..grad_components-1 (0 <= grad_components <= K) get gradients; the others are
+  // constants of the mixture (a bank of detached encodings): the sweep over components skips them
+  // and leaves their rows of grad_mu and grad_logvar unwritten. grad_z always sums over all K.
+  int64_t grad_components;
   T* grad_z;       // (M, D) output
-  T* grad_mu;      // (K, D) output
-  T* grad_logvar;  // (K, D) output
+  T* grad_mu;      // (K, D) output, rows 0..grad_components-1 written
+  T* grad_logvar;  // (K, D) output, rows 0..grad_components-1 written
   T* grad_logw;    // (M, K) output for dense weights (else ignored, may be nullptr)
+};
+
+// The jackknife's sums (tcestim/jackknife.py), CPU only. Queries z (M, D); components (K, D), of
+// which component i (i < M) is query i's own and left out. For each query i and each target r (r = 0
+// the joint, r = 1 + d the marginal of dimension d) the "other" terms are, in base 2,
+//   x[k] = sum_d C2[i,k,d] (r = 0)  or  C2[i,k,d] (r = 1 + d),   k != i,
+// and with the shift m = max_k x[k] (0 if that is -inf), u[k] = 2^(x[k] - m) <= 1:
+//   big terms:   x[k] - m > log2_threshold = log2(kJackknifeBigFraction * sum_{k != argmax} u[k]),
+//                at most kJackknifeMaxBig of them, their component indices listed (the rest -1);
+//   small terms: the others, through power_sums[q - 1] = sum_small u[k]^q, q = 1..kJackknifeSeries.
+// Every small term is at most 1/64 of the sum of all terms but the largest, so that the series of
+// the leave-one- and leave-two-out logarithms converge fast. Rows are (M, D + 1) of targets.
+constexpr int64_t kJackknifeSeries = 8;
+constexpr double kJackknifeBigFraction = 1.0 / 64;
+constexpr int64_t kJackknifeMaxBig = 72;  // > 1 / kJackknifeBigFraction + 1, with room for rounding
+
+template <typename T>
+struct JackknifeArgs {
+  const T* z;       // (M, D)
+  const T* mu;      // (K, D)
+  const T* logvar;  // (K, D)
+  int64_t M, K, D;  // K >= M
+  T* shift;             // (M, D + 1) output: m (base 2)
+  T* log2_threshold;    // (M, D + 1) output
+  int64_t* big_index;   // (M, D + 1, kJackknifeMaxBig) output, -1 padded
+  T* power_sums;        // (M, D + 1, kJackknifeSeries) output
+};
+
+// Gradients of sum(grad_power_sums * power_sums) with the shift and the classification held fixed:
+// d power_sums[q - 1] / d x[k] = q u[k]^q ln 2 (nats) for each small term.
+template <typename T>
+struct JackknifeBackwardArgs {
+  const T* grad_power_sums;  // (M, D + 1, kJackknifeSeries)
+  const T* z;                // (M, D)
+  const T* mu;               // (K, D)
+  const T* logvar;           // (K, D)
+  const T* shift;            // (M, D + 1), saved forward output
+  const T* log2_threshold;   // (M, D + 1), saved forward output
+  int64_t M, K, D;
+  int64_t grad_components;  // as in BackwardArgs: rows 0..grad_components-1 of grad_mu/grad_logvar
+  T* grad_z;       // (M, D) output
+  T* grad_mu;      // (K, D) output, rows 0..grad_components-1 written
+  T* grad_logvar;  // (K, D) output, rows 0..grad_components-1 written
 };
 
 }  // namespace tcestim

@@ -46,6 +46,9 @@ def _fused_device_types() -> frozenset:
 # Largest D the CUDA kernels take, as the extension declares it (csrc/kernel_args.h); larger D on
 # CUDA uses the fallback. 0 without the extension (nothing is fused then).
 CUDA_MAX_DIM = _C.CUDA_MAX_DIM if _LOAD_ERROR is None else 0
+# Sizes of the jackknife_sums outputs (csrc/kernel_args.h): power sums and big terms per target.
+JACKKNIFE_SERIES = _C.JACKKNIFE_SERIES if _LOAD_ERROR is None else 0
+JACKKNIFE_MAX_BIG = _C.JACKKNIFE_MAX_BIG if _LOAD_ERROR is None else 0
 
 # Fixed at import (a plain set, so torch.compile treats the lookup as a constant).
 FUSED_DEVICE_TYPES = _fused_device_types()

@@ -220,7 +220,8 @@ def _global_log_densities(z, mu, logvar, dataset_size, estimator, bank, jackknif
         others = global_batch - 1
         if bank is not None:
             comp_mu, comp_logvar, others = bank_components(bank, comp_mu, comp_logvar)
-        log_qz, log_qzd = stratified_log_densities(z, comp_mu, comp_logvar, N, jackknife, others)
+        log_qz, log_qzd = stratified_log_densities(z, comp_mu, comp_logvar, N, jackknife, others,
+                                                   grad_components=global_batch)
     else:
         weights = estimator_log_weights(estimator, global_batch, N, dtype=dtype, device=z.device)
         rows = torch.arange(offset, offset + z.shape[0], device=z.device)

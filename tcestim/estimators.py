@@ -90,26 +90,30 @@ def minibatch_log_densities(z, mu, logvar, *, dataset_size=None, estimator="stra
         return (z, mu, logvar, *mixture_logdensity(z, mu, logvar, weights))
     components_mu, components_logvar, others = ((mu, logvar, B - 1) if bank is None
                                                 else bank_components(bank, mu, logvar))
-    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife, others))
+    return (z, mu, logvar, *stratified_log_densities(z, components_mu, components_logvar, N, jackknife, others,
+                                                     grad_components=B))
 
 
 def stratified_log_densities(z, components_mu, components_logvar, dataset_size: int, jackknife: bool = False,
-                             num_others: Optional[int] = None):
+                             num_others: Optional[int] = None, grad_components: Optional[int] = None):
     """Stratified (log_qz, log_qzd) with query i's own encoding at component row i.
 
     Every other component (batch mates, other ranks' batches, a bank) weighs (N - 1) / (N num_others);
     the own one 1/N. ``num_others`` defaults to K - 1; it is smaller when components are masked out
-    (a DatasetBank's unwritten and own slots, of density 0).
+    (a DatasetBank's unwritten and own slots, of density 0). ``grad_components``: the leading
+    components that carry gradient (the batch; a bank's rows after it are detached), so that the
+    fused backward skips the rest; None: all.
     """
     N = dataset_size
     if jackknife:
-        from tcestim.jackknife import jackknife_log_densities
-        return jackknife_log_densities(z, components_mu, components_logvar, N)
+        from tcestim.jackknife import _jackknife_by_order
+        return _jackknife_by_order(z, components_mu, components_logvar, N, (2,), grad_components)[2]
     others = components_mu.shape[0] - 1 if num_others is None else num_others
     if others < 1:
         raise ValueError("estimator 'stratified' needs a batch size of at least 2 or a non-empty bank, "
                          f"got {components_mu.shape[0]} component(s)")
-    return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others))
+    return mixture_logdensity(z, components_mu, components_logvar, stratified_log_weights(N, others),
+                              grad_components=grad_components)
 
 
 def assemble_decomposition(z, mu, logvar, log_qz, log_qzd, prior: Prior) -> KLDecomposition:
@@ -146,7 +150,8 @@ def decompose(z, mu, logvar, *, dataset_size: Optional[int] = None, estimator: s
         jackknife: second-order finite-population jackknife correction of log q(z) and log q(z_d)
             from the leave-one- and leave-two-component-out estimates ("stratified" only; needs
             at least 3 components, first order with exactly 3; no correction when batch + bank
-            hold the whole dataset; O(B K D) extra work in PyTorch; see :mod:`tcestim.jackknife`).
+            hold the whole dataset; O(B K D) extra work, inside the fused kernels on the CPU; see
+            :mod:`tcestim.jackknife`).
 
     Returns:
         :class:`KLDecomposition` of per-sample tensors (nats); average them for batch estimates.

@@ -1,6 +1,8 @@
 """tcestim.bank (MemoryBank) and the stratified estimator with a bank: FIFO order, detached copies,
 weights against the reference, exactness when the bank holds the rest of the dataset, gradients,
 arguments."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -280,3 +282,47 @@ def test_objectives_take_a_dataset_bank():
                                   dataset_size=20, bank=bank.for_batch(index))
     exact = tcestim.decompose_exact(z, mu_all[:5], logvar_all[:5], mu_all, logvar_all)
     torch.testing.assert_close(objective.terms["tc"], exact.tc.mean(), rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# Gradients with a bank: only the batch's components are differentiated (issue 16)
+
+
+def naive_bank_log_densities(z, mu, logvar, bank_mu, bank_logvar, N):
+    """float64 PyTorch over the materialised cube: own component 1/N, every other (N - 1) / (N (K - 1))."""
+    comp_mu, comp_logvar = torch.cat([mu, bank_mu]), torch.cat([logvar, bank_logvar])
+    B, K = z.shape[0], comp_mu.shape[0]
+    cube = -0.5 * (math.log(2 * math.pi) + comp_logvar + (z[:, None, :] - comp_mu) ** 2 * torch.exp(-comp_logvar))
+    log_w = torch.full((B, K), math.log((N - 1) / (N * (K - 1))), dtype=torch.float64)
+    log_w[torch.arange(B), torch.arange(B)] = -math.log(N)
+    return (torch.logsumexp(log_w + cube.sum(-1), 1), torch.logsumexp(log_w[:, :, None] + cube, 1))
+
+
+def test_dataset_bank_values_and_gradients_match_a_naive_reference(backend):
+    """A full DatasetBank of 600 slots behind a batch of 6 (594 components without gradient, the
+    batch's own slots left out): log q(z), log q(z_d) and the gradients wrt the batch's z, mu,
+    logvar equal a float64 autograd reference over the whole cube (the backward that skips the
+    bank's components loses nothing), and the bank's tensors get no gradient."""
+    N, B, D = 600, 6, 3
+    mu_all, logvar_all, g = dataset(N=N, D=D, seed=5)
+    index = torch.randperm(N, generator=g)[:B]
+    mu, logvar = mu_all[index] + 0.05, logvar_all[index] - 0.1      # fresh encodings differ from the bank's
+    z = mu + (0.5 * logvar).exp() * torch.randn(B, D, generator=g, dtype=torch.float64)
+    a, b = torch.randn(B, generator=g, dtype=torch.float64), torch.randn(B, D, generator=g, dtype=torch.float64)
+    device = backend.device
+    bank = tcestim.DatasetBank(N, D)
+    bank.update(torch.arange(N), mu_all.to(device), logvar_all.to(device))
+    leaves = [t.clone().to(device).requires_grad_() for t in (z, mu, logvar)]
+    d = tcestim.decompose(*leaves, dataset_size=N, bank=bank.for_batch(index))
+    grads = torch.autograd.grad((a.to(device) * d.log_qz).sum() + (b.to(device) * d.log_qzd).sum(), leaves)
+    assert not bank.mu.requires_grad and not bank.logvar.requires_grad
+
+    others = torch.tensor([i for i in range(N) if i not in set(index.tolist())])
+    ref_leaves = [t.clone().requires_grad_() for t in (z, mu, logvar)]
+    want_qz, want_qzd = naive_bank_log_densities(*ref_leaves, mu_all[others], logvar_all[others], N)
+    want_grads = torch.autograd.grad((a * want_qz).sum() + (b * want_qzd).sum(), ref_leaves)
+    tol = tcestim.testing.tolerances(torch.float64)
+    torch.testing.assert_close(d.log_qz.cpu(), want_qz.detach(), **tol)
+    torch.testing.assert_close(d.log_qzd.cpu(), want_qzd.detach(), **tol)
+    for name, got, want in zip(("z", "mu", "logvar"), grads, want_grads):
+        torch.testing.assert_close(got.cpu(), want, **tol, msg=lambda m, name=name: f"grad {name}: {m}")

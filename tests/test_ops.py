@@ -198,6 +198,69 @@ def test_opcheck(backend, name):
     torch.library.opcheck(getattr(torch.ops.tcestim, name).default, _opcheck_cases(backend.device)[name])
 
 
+@pytest.mark.fused
+def test_opcheck_with_grad_components(backend):
+    """The operators with grad_components = 2 of K = 5 (the components from row 2 on are constants)."""
+    cases = _opcheck_cases(backend.device)
+    for name in ("mixture_logdensity", "mixture_logdensity_dense", "mixture_logdensity_backward",
+                 "mixture_logdensity_dense_backward"):
+        torch.library.opcheck(getattr(torch.ops.tcestim, name).default, (*cases[name], 2))
+    z, mu, logvar, _ = cases["mixture_logdensity"][:4]
+    stacked = torch.tensor(list(WEIGHTS), dtype=torch.float64)
+    torch.library.opcheck(torch.ops.tcestim.mixture_logdensity_tensor_weights.default, (z, mu, logvar, stacked, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# grad_components: gradients for the leading components only (a batch before a bank, issue 16)
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("create_graph", [False, True], ids=["fused", "create_graph"])
+@pytest.mark.parametrize("mode", MODES + ["tensor_weights"])
+def test_grad_components_differentiates_the_leading_components_only(backend, mode, create_graph):
+    """7 queries, 5 of K = 300 components differentiated: the values are those of the full call;
+    grad z (over all 300), grad log-weights and the first 5 rows of grad mu / grad logvar equal the
+    float64 reference; the other 295 rows are exactly 0. The same through the differentiable
+    (create_graph) path, which recomputes through the fallback."""
+    z, mu, logvar, lw = make_inputs(7, 300, 3, torch.float64, seed=11, device=backend.device, requires_grad=True)
+    owned = 5
+
+    def call(grad_components):
+        if mode == "dense":
+            return torch.ops.tcestim.mixture_logdensity_dense(z, mu, logvar, lw, grad_components)
+        if mode == "tensor_weights":
+            stacked = torch.tensor(list(WEIGHTS), dtype=torch.float64)
+            return torch.ops.tcestim.mixture_logdensity_tensor_weights(z, mu, logvar, stacked, grad_components)
+        return torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *WEIGHTS, grad_components)
+
+    log_qz, log_qzd = call(owned)
+    full_qz, full_qzd = call(-1)
+    assert torch.equal(log_qz, full_qz) and torch.equal(log_qzd, full_qzd)
+    g = torch.randn(7, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(backend.device)
+    gd = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(backend.device)
+    wrt = (z, mu, logvar, lw) if mode == "dense" else (z, mu, logvar)
+    grads = torch.autograd.grad((g * log_qz).sum() + (gd * log_qzd).sum(), wrt, create_graph=create_graph)
+    want = reference_grads(z, mu, logvar, lw, "dense" if mode == "dense" else "structured", g, gd)
+    tol = backward_tolerances(torch.float64, 3)
+    assert_close(grads[0], want[0], **tol)
+    for got, full in zip(grads[1:3], want[1:3]):
+        assert_close(got[:owned], full[:owned], **tol)
+        assert torch.count_nonzero(got[owned:]) == 0 and np.count_nonzero(full[owned:]) > 0
+    if mode == "dense":
+        assert_close(grads[3], want[3], **tol)
+
+
+@pytest.mark.fused
+def test_grad_components_out_of_range_is_refused(backend):
+    z, mu, logvar, lw = make_inputs(4, 6, 2, torch.float64, device=backend.device)
+    for bad in (-2, 7):
+        with pytest.raises(RuntimeError, match=r"grad_components must be -1 \(all\) or in \[0, K = 6\]"):
+            torch.ops.tcestim.mixture_logdensity(z, mu, logvar, *WEIGHTS, bad)
+        with pytest.raises(RuntimeError, match=r"grad_components must be -1"):
+            torch.ops.tcestim.mixture_logdensity_dense_backward(
+                z[:, 0], z, z, mu, logvar, lw, z[:, 0], z, bad)
+
+
 @pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("mode", MODES)
 def test_torch_compile_fullgraph_same_values_and_grads(backend, mode, compiler):

@@ -15,11 +15,15 @@ using ParallelFor = std::function<void(int64_t num_tasks, const std::function<vo
 
 using tcestim::BackwardArgs;
 using tcestim::ForwardArgs;
+using tcestim::JackknifeArgs;
+using tcestim::JackknifeBackwardArgs;
 
 template <typename T>
 struct KernelTable {
   void (*forward)(const ForwardArgs<T>&, const ParallelFor&);
   void (*backward)(const BackwardArgs<T>&, const ParallelFor&);
+  void (*jackknife_forward)(const JackknifeArgs<T>&, const ParallelFor&);
+  void (*jackknife_backward)(const JackknifeBackwardArgs<T>&, const ParallelFor&);
 };
 
 enum class Isa { kDefault = 0, kAvx2 = 1, kAvx512 = 2 };

@@ -15,7 +15,8 @@
 // Backward recomputes the cube in two sweeps, each reducing in a fixed order, so results are
 // bitwise reproducible whatever the thread count:
 //   rows    (blocks of queries):    grad_z[i,d] = sum_j W[i,j,d] dC/dz,   grad_logw[i,j]
-//   columns (blocks of components): grad_mu[j,d], grad_logvar[j,d] = sum_i W[i,j,d] dC/d(.)
+//   columns (blocks of components): grad_mu[j,d], grad_logvar[j,d] = sum_i W[i,j,d] dC/d(.),
+//                                   for the components that need them (j < grad_components)
 // with W[i,j,d] = g_qz[i] P[i,j] + g_qzd[i,d] Q[i,j,d], the softmax weights
 //   P[i,j] = exp(logw + sum_d C - log_qz[i]),  Q[i,j,d] = exp(logw + C - log_qzd[i,d]).
 #pragma once
@@ -508,12 +509,14 @@ void mixture_logdensity_forward(const T* z, const T* mu, const T* logvar, int64_
   });
 }
 
-// grad_logw may be null unless Weights is DenseWeights.
+// grad_logw may be null unless Weights is DenseWeights. Only components 0..grad_components-1 get
+// rows of grad_mu and grad_logvar (the column sweep skips the rest); grad_z sums over all K.
 template <typename T, typename Weights, typename ParallelFor>
 void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z, const T* mu,
                                  const T* logvar, int64_t M, int64_t K, int64_t D,
                                  const Weights& weights, const T* log_qz, const T* log_qzd,
-                                 T* grad_z, T* grad_mu, T* grad_logvar, T* grad_logw,
+                                 int64_t grad_components, T* grad_z, T* grad_mu, T* grad_logvar,
+                                 T* grad_logw,
                                  ParallelFor&& parallel_for) {
   constexpr int L = kLanes<T>;
   const ComponentTable<T> comp(mu, logvar, K, D);
@@ -527,11 +530,12 @@ void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z
                                   grad_logw, scratch);
     }
   });
-  parallel_for(detail::num_blocks(K, L), [&](int64_t begin, int64_t end) {
+  const int64_t owned = std::min(std::max<int64_t>(grad_components, 0), K);
+  parallel_for(detail::num_blocks(owned, L), [&](int64_t begin, int64_t end) {
     const detail::FlushSubnormals flush;
     detail::VecBuffer<T> scratch;
     for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock cols{b * L, std::min<int64_t>(L, K - b * L)};
+      const LaneBlock cols{b * L, std::min<int64_t>(L, owned - b * L)};
       detail::backward_columns_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, cols,
                                      grad_mu, grad_logvar, scratch);
     }

@@ -2,7 +2,8 @@
 //
 // Backward: two deterministic sweeps, no atomics, recomputing tiles from the saved outputs:
 //   rows    (owned queries,    streamed components): grad_z (and grad_logw for dense weights)
-//   columns (owned components, streamed queries):    grad_mu, grad_logvar
+//   columns (owned components, streamed queries):    grad_mu, grad_logvar, for the components
+//                                                    0..grad_components-1 only (kernel_args.h)
 // Each tile first computes the joint softmax weights P[i,j] = exp2(lw + sum_d c - log2 q(z_i))
 // (group reduction as in common.cuh, times grad_log_qz, into shared memory), then the marginal weights
 // Q[i,j,d] = exp2(lw + c - log2 q(z_id)) and accumulates W = g_qz P + g_qzd Q times the
@@ -30,6 +31,7 @@ __global__ void sum_splits_kernel(const T* __restrict__ part, int splits, int64_
 template <typename T>
 struct SweepParams {
   int64_t M, K, D, dp;
+  int64_t owned;  // rows: M; columns: grad_components (the leading components that get gradients)
   Table<T> comp;
   Table<T> query;
   const T* grad_qz;
@@ -234,14 +236,14 @@ __device__ __forceinline__ void backward_columns(const SweepParams<T>& p, const 
   T* group_red = red + int64_t(iq) * R * td * kTile;
   T* group_gp = red + int64_t(tq) * R * td * kTile + int64_t(iq) * R * (kTile + 1);
   const int64_t jb = blockIdx.x * p.owned_per_block;
-  const int64_t je = min_i(jb + p.owned_per_block, p.K);
+  const int64_t je = min_i(jb + p.owned_per_block, p.owned);
 
   int64_t col[R];
   T mu[R][kDims], quad[R][kDims], offset[R][kDims], gmu[R][kDims], glv[R][kDims];
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     col[r] = jb + int64_t(iq) * R + r;
-    const int64_t jc = min_i(col[r], p.K - 1);
+    const int64_t jc = min_i(col[r], p.owned - 1);
     const Cell<T> k = load_cell(p.comp.cell(jc, d0));
     const Quad<T>&mq = k.a, &qq = k.b, &oq = k.c;
 #pragma unroll
@@ -302,7 +304,7 @@ __device__ __forceinline__ void backward_columns(const SweepParams<T>& p, const 
 #pragma unroll
     for (int c = 0; c < kDims; ++c) {
       const int64_t d = d0 + c;
-      if (col[r] < p.K && d < p.D) {
+      if (col[r] < p.owned && d < p.D) {
         out_mu[col[r] * p.D + d] = T(-2 * kLn2) * gmu[r][c];
         out_lv[col[r] * p.D + d] = T(-kLn2) * glv[r][c];
       }
@@ -320,6 +322,11 @@ __global__ void __launch_bounds__(kMaxThreads) backward_columns_kernel_large(con
 }
 
 template <typename T>
+bool valid_grad_components(const BackwardArgs<T>& a) {
+  return a.grad_components >= 0 && a.grad_components <= a.K;
+}
+
+template <typename T>
 struct BackwardLayout {
   Plan rows, cols;  // rows: owned queries / streamed components; cols: the transpose
   TableBuffer<T> comp, query;
@@ -333,14 +340,14 @@ template <typename T>
 BackwardLayout<T> backward_layout(const BackwardArgs<T>& a, int num_sms, void* base) {
   BackwardLayout<T> out;
   out.rows = make_plan(a.M, a.K, a.D, Config<T>::kRows, num_sms);
-  out.cols = make_plan(a.K, a.M, a.D, Config<T>::kRows, num_sms);
+  out.cols = make_plan(a.grad_components, a.M, a.D, Config<T>::kRows, num_sms);
   Carver carver(base);
   out.comp = take_table<T>(carver, out.rows.tiles * kTile, out.rows.dp);
   out.query = take_table<T>(carver, out.cols.tiles * kTile, out.rows.dp);  // >= M rows
   if (out.rows.splits > 1) out.part_grad_z = carver.take<T>(int64_t(out.rows.splits) * a.M * a.D);
   if (out.cols.splits > 1) {
-    out.part_grad_mu = carver.take<T>(int64_t(out.cols.splits) * a.K * a.D);
-    out.part_grad_logvar = carver.take<T>(int64_t(out.cols.splits) * a.K * a.D);
+    out.part_grad_mu = carver.take<T>(int64_t(out.cols.splits) * a.grad_components * a.D);
+    out.part_grad_logvar = carver.take<T>(int64_t(out.cols.splits) * a.grad_components * a.D);
   }
   out.bytes = carver.used();
   return out;
@@ -359,6 +366,7 @@ cudaError_t run_sweep(Kernel preferred, Kernel large, const BackwardArgs<T>& a,
   p.K = a.K;
   p.D = a.D;
   p.dp = plan.dp;
+  p.owned = owned;
   p.comp = L.comp.view();
   p.query = L.query.view();
   p.grad_qz = a.grad_qz;
@@ -396,11 +404,11 @@ cudaError_t run_backward_kernels(const BackwardArgs<T>& a, const BackwardLayout<
                     partial, stream);
     if (err != cudaSuccess) return err;
   }
-  if (a.K > 0) {
+  if (a.grad_components > 0) {
     T* const grad[2] = {a.grad_mu, a.grad_logvar};
     T* const partial[2] = {L.part_grad_mu, L.part_grad_logvar};
     err = run_sweep(backward_columns_kernel<T, R, W>,
-                    backward_columns_kernel_large<T, R, W>, a, L, L.cols, a.K, w, 2, grad,
+                    backward_columns_kernel_large<T, R, W>, a, L, L.cols, a.grad_components, w, 2, grad,
                     partial, stream);
   }
   return err;
@@ -410,13 +418,13 @@ cudaError_t run_backward_kernels(const BackwardArgs<T>& a, const BackwardLayout<
 
 template <typename T>
 size_t backward_workspace_bytes(const BackwardArgs<T>& args, int num_sms) {
-  if (!valid_sizes(args.M, args.K, args.D)) return 0;
+  if (!valid_sizes(args.M, args.K, args.D) || !valid_grad_components(args)) return 0;
   return backward_layout(args, num_sms, nullptr).bytes;
 }
 
 template <typename T>
 cudaError_t launch_backward(const BackwardArgs<T>& a, const Launch& launch) {
-  if (!valid_sizes(a.M, a.K, a.D)) return cudaErrorInvalidValue;
+  if (!valid_sizes(a.M, a.K, a.D) || !valid_grad_components(a)) return cudaErrorInvalidValue;
   if (a.M == 0 && a.K == 0) return cudaSuccess;
   const BackwardLayout<T> L = backward_layout(a, launch.num_sms, launch.workspace);
   const bool dense = a.log_weights != nullptr;

@@ -38,8 +38,9 @@ size_t forward_workspace_bytes(const ForwardArgs<T>& args, int num_sms);
 template <typename T>
 size_t backward_workspace_bytes(const BackwardArgs<T>& args, int num_sms);
 
-// Enqueue the kernels on launch.stream. Returns cudaErrorInvalidValue for D > kMaxDim or negative
-// sizes, otherwise the result of cudaGetLastError() after the launches.
+// Enqueue the kernels on launch.stream. Returns cudaErrorInvalidValue for D > kMaxDim, negative
+// sizes or (backward) grad_components outside [0, K], otherwise the result of cudaGetLastError()
+// after the launches.
 template <typename T>
 cudaError_t launch_forward(const ForwardArgs<T>& args, const Launch& launch);
 template <typename T>

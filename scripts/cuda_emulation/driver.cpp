@@ -179,9 +179,11 @@ static void expect_all(const char* what, const std::string& tag, const std::vect
 }
 
 template <typename T>
-static void run_case(const Problem& p, int num_sms, bool check_backward = true, double backward_tol_scale = 1) {
+static void run_case(const Problem& p, int num_sms, bool check_backward = true, double backward_tol_scale = 1,
+                     int64_t grad_components = -1) {
+  const int64_t owned = grad_components < 0 ? p.K : grad_components;
   char buf[200];
-  std::snprintf(buf, sizeof buf, "%s M=%ld K=%ld D=%ld %s sms=%d", sizeof(T) == 4 ? "f32" : "f64", (long)p.M, (long)p.K, (long)p.D, p.dense ? "dense" : "struct", num_sms);
+  std::snprintf(buf, sizeof buf, "%s M=%ld K=%ld D=%ld %s sms=%d grad_components=%ld", sizeof(T) == 4 ? "f32" : "f64", (long)p.M, (long)p.K, (long)p.D, p.dense ? "dense" : "struct", num_sms, (long)owned);
   const std::string tag = buf;
   const double rtol = sizeof(T) == 4 ? 2e-5 : 1e-11, atol = sizeof(T) == 4 ? 2e-5 : 1e-11;
   const DeviceArray<T> z(cast<T>(p.z)), mu(cast<T>(p.mu)), lv(cast<T>(p.lv)), lw(cast<T>(p.lw));
@@ -218,7 +220,7 @@ static void run_case(const Problem& p, int num_sms, bool check_backward = true, 
   DeviceArray<T> dgz(std::vector<T>(p.M * p.D, T(7))), dgmu(std::vector<T>(p.K * p.D, T(7))),
       dglv(std::vector<T>(p.K * p.D, T(7))), dgw(std::vector<T>(p.M * p.K, T(7)));
   BackwardArgs<T> ba{gT.ptr, gdT.ptr, z.ptr, mu.ptr, lv.ptr, p.dense ? lw.ptr : nullptr, sqzT.ptr, sqzdT.ptr,
-                     p.M, p.K, p.D, p.ls, p.ln, p.lo, dgz.ptr, dgmu.ptr, dglv.ptr, p.dense ? dgw.ptr : nullptr};
+                     p.M, p.K, p.D, p.ls, p.ln, p.lo, owned, dgz.ptr, dgmu.ptr, dglv.ptr, p.dense ? dgw.ptr : nullptr};
   const Workspace wsb(backward_workspace_bytes(ba, num_sms));
   if (finish(launch_backward(ba, Launch{wsb.ptr, num_sms, nullptr})) != cudaSuccess) { std::printf("FAIL %s: backward launch error\n", tag.c_str()); ++failures; return; }
   const std::vector<T> gz = dgz.get(), gmu = dgmu.get(), glv = dglv.get(), gw = dgw.get();
@@ -226,6 +228,8 @@ static void run_case(const Problem& p, int num_sms, bool check_backward = true, 
   reference_backward(pr, g, gd, sqzD, sqzdD, rgz, rgmu, rglv, rgw);
   const double brtol = (sizeof(T) == 4 ? 1e-4 : 1e-10) * backward_tol_scale, batol = brtol;
   expect_all("grad_z", tag, gz, rgz, brtol, batol);
+  // Components from grad_components on are constants: their rows are not written (7 survives).
+  for (int64_t k = owned * p.D; k < p.K * p.D; ++k) rgmu[k] = rglv[k] = 7.0;
   expect_all("grad_mu", tag, gmu, rgmu, brtol, batol);
   expect_all("grad_logvar", tag, glv, rglv, brtol, batol);
   if (p.dense) expect_all("grad_logw", tag, gw, rgw, brtol, batol);
@@ -270,6 +274,17 @@ int main(int argc, char** argv) {
   if (!quick) {
     run_case<float>(make_problem(3, 20, 1500, false, 13), 132, false);
     run_case<double>(make_problem(3, 20, 1500, true, 13), 132);
+  }
+  // grad_components < K: a batch of 6 before 700 constant components (split rows), 0 and 1 of them
+  run_case<float>(make_problem(6, 700, 6, false, 28), 132, true, 1, 6);
+  run_case<double>(make_problem(6, 700, 6, true, 29), 132, true, 1, 6);
+  run_case<double>(make_problem(40, 300, 5, false, 30), 1, true, 1, 40);
+  run_case<double>(make_problem(9, 40, 11, false, 31), 132, true, 1, 0);
+  run_case<float>(make_problem(17, 17, 4, true, 32), 1, true, 1, 1);
+  {
+    float x = 0;
+    BackwardArgs<float> bad{&x, &x, &x, &x, &x, nullptr, &x, &x, 1, 1, 1, 0, 0, 0, 2, &x, &x, &x, nullptr};
+    if (launch_backward(bad, Launch{nullptr, 1, nullptr}) != cudaErrorInvalidValue) { ++failures; std::printf("FAIL grad_components > K accepted\n"); }
   }
   // split path with many tiles: few queries, many components
   run_case<float>(make_problem(6, 700, 6, false, 14), 132);
