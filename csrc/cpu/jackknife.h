@@ -52,6 +52,13 @@ inline Vec<T> jackknife_weight(Vec<T> x, Vec<T> shift, Vec<T> log2_threshold, co
   return poly * u;
 }
 
+// Per task of jackknife_forward: vector scratch and the big-term count of each lane and target.
+template <typename T>
+struct JackknifeScratch {
+  VecBuffer<T> vectors;
+  std::vector<int64_t> counts;
+};
+
 template <typename T>
 void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>& comp,
                              const StructuredWeights<T>& own, const LaneBlock& rows,
@@ -108,7 +115,7 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   }
 
   // Pass 2: big terms listed, small terms into the power sums.
-  std::fill(counts.begin(), counts.end(), 0);
+  counts.assign(static_cast<size_t>(L) * R, 0);
   for (int64_t l = 0; l < rows.valid; ++l) {
     std::fill_n(a.big_index + (rows.first + l) * R * kJackknifeMaxBig, R * kJackknifeMaxBig, int64_t(-1));
   }
@@ -286,41 +293,24 @@ StructuredWeights<T> jackknife_own_weights(int64_t M) {
 
 template <typename T, typename ParallelFor>
 void jackknife_forward(const JackknifeArgs<T>& a, ParallelFor&& parallel_for) {
-  constexpr int L = kLanes<T>;
   const ComponentTable<T> comp(a.mu, a.logvar, a.K, a.D);
   const StructuredWeights<T> own = jackknife_own_weights<T>(a.M);
-  parallel_for(detail::num_blocks(a.M, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    std::vector<int64_t> counts(L * (a.D + 1));
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock rows{b * L, std::min<int64_t>(L, a.M - b * L)};
-      detail::jackknife_forward_block(a, comp, own, rows, scratch, counts);
-    }
-  });
+  detail::for_each_lane_block<T, detail::JackknifeScratch<T>>(
+      a.M, parallel_for, [&](const LaneBlock& rows, detail::JackknifeScratch<T>& scratch) {
+        detail::jackknife_forward_block(a, comp, own, rows, scratch.vectors, scratch.counts);
+      });
 }
 
 template <typename T, typename ParallelFor>
 void jackknife_backward(const JackknifeBackwardArgs<T>& a, ParallelFor&& parallel_for) {
-  constexpr int L = kLanes<T>;
   const ComponentTable<T> comp(a.mu, a.logvar, a.K, a.D);
   const StructuredWeights<T> own = jackknife_own_weights<T>(a.M);
-  parallel_for(detail::num_blocks(a.M, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock rows{b * L, std::min<int64_t>(L, a.M - b * L)};
-      detail::jackknife_rows_block(a, comp, own, rows, scratch);
-    }
+  detail::for_each_lane_block<T>(a.M, parallel_for, [&](const LaneBlock& rows, detail::VecBuffer<T>& scratch) {
+    detail::jackknife_rows_block(a, comp, own, rows, scratch);
   });
-  const int64_t owned = std::min(std::max<int64_t>(a.grad_components, 0), a.K);
-  parallel_for(detail::num_blocks(owned, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock cols{b * L, std::min<int64_t>(L, owned - b * L)};
-      detail::jackknife_columns_block(a, comp, own, cols, scratch);
-    }
+  detail::for_each_lane_block<T>(detail::owned_components(a.grad_components, a.K), parallel_for,
+                                 [&](const LaneBlock& cols, detail::VecBuffer<T>& scratch) {
+    detail::jackknife_columns_block(a, comp, own, cols, scratch);
   });
 }
 

@@ -489,6 +489,23 @@ class FlushSubnormals {
 #endif
 };
 
+// Runs fn(block, scratch) over the LaneBlocks of `count` rows (or columns) through parallel_for; each
+// task flushes subnormals and owns one default-constructed Scratch.
+template <typename T, typename Scratch = VecBuffer<T>, typename ParallelFor, typename F>
+void for_each_lane_block(int64_t count, ParallelFor&& parallel_for, F&& fn) {
+  constexpr int L = kLanes<T>;
+  parallel_for(num_blocks(count, L), [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
+    Scratch scratch;
+    for (int64_t b = begin; b < end; ++b) fn(LaneBlock{b * L, std::min<int64_t>(L, count - b * L)}, scratch);
+  });
+}
+
+// How many leading components get gradient rows: grad_components (kernel_args.h) clamped to [0, K].
+inline int64_t owned_components(int64_t grad_components, int64_t K) {
+  return std::min(std::max<int64_t>(grad_components, 0), K);
+}
+
 }  // namespace detail
 
 // ParallelFor: callable(int64_t num_tasks, F fn) that runs fn(begin, end) over disjoint task ranges.
@@ -497,15 +514,9 @@ template <typename T, typename Weights, typename ParallelFor>
 void mixture_logdensity_forward(const T* z, const T* mu, const T* logvar, int64_t M, int64_t K,
                                 int64_t D, const Weights& weights, T* log_qz, T* log_qzd,
                                 ParallelFor&& parallel_for) {
-  constexpr int L = kLanes<T>;
   const ComponentTable<T> comp(mu, logvar, K, D);
-  parallel_for(detail::num_blocks(M, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock rows{b * L, std::min<int64_t>(L, M - b * L)};
-      detail::forward_block(z, M, K, D, comp, weights, rows, log_qz, log_qzd, scratch);
-    }
+  detail::for_each_lane_block<T>(M, parallel_for, [&](const LaneBlock& rows, detail::VecBuffer<T>& scratch) {
+    detail::forward_block(z, M, K, D, comp, weights, rows, log_qz, log_qzd, scratch);
   });
 }
 
@@ -518,27 +529,16 @@ void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z
                                  int64_t grad_components, T* grad_z, T* grad_mu, T* grad_logvar,
                                  T* grad_logw,
                                  ParallelFor&& parallel_for) {
-  constexpr int L = kLanes<T>;
   const ComponentTable<T> comp(mu, logvar, K, D);
   const detail::SavedLog2<T> saved(log_qz, log_qzd, M, D);
-  parallel_for(detail::num_blocks(M, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock rows{b * L, std::min<int64_t>(L, M - b * L)};
-      detail::backward_rows_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, rows, grad_z,
-                                  grad_logw, scratch);
-    }
+  detail::for_each_lane_block<T>(M, parallel_for, [&](const LaneBlock& rows, detail::VecBuffer<T>& scratch) {
+    detail::backward_rows_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, rows, grad_z, grad_logw,
+                                scratch);
   });
-  const int64_t owned = std::min(std::max<int64_t>(grad_components, 0), K);
-  parallel_for(detail::num_blocks(owned, L), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneBlock cols{b * L, std::min<int64_t>(L, owned - b * L)};
-      detail::backward_columns_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, cols,
-                                     grad_mu, grad_logvar, scratch);
-    }
+  detail::for_each_lane_block<T>(detail::owned_components(grad_components, K), parallel_for,
+                                 [&](const LaneBlock& cols, detail::VecBuffer<T>& scratch) {
+    detail::backward_columns_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, cols, grad_mu,
+                                   grad_logvar, scratch);
   });
 }
 
