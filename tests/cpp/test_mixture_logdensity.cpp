@@ -34,6 +34,16 @@ struct Problem {
   std::vector<double> z, mu, logvar, logw;  // logw is the dense (M, K) natural-log matrix
 };
 
+// d loss / d (p.*field)[k] by a central difference of step 1e-6.
+template <typename Loss>
+double central_difference(const Problem& p, const Loss& loss, std::vector<double> Problem::*field, int64_t k) {
+  const double h = 1e-6;
+  Problem plus = p, minus = p;
+  (plus.*field)[k] += h;
+  (minus.*field)[k] -= h;
+  return (loss(plus) - loss(minus)) / (2 * h);
+}
+
 Problem make_problem(int64_t M, int64_t K, int64_t D, unsigned seed, bool structured,
                      double ls, double ln, double lo) {
   std::mt19937 rng(seed);
@@ -144,13 +154,7 @@ void check_backward(const std::string& name, Problem p, bool structured, double 
                                    p.M, p.K, p.D, ls, ln, lo, p.K, gz.data(), gmu.data(), glv.data(),
                                    structured ? nullptr : glw.data()};
   tcestim::cpu::kernels<double>(g_isa).backward(args, serial);
-  const double h = 1e-6;
-  auto fd = [&](std::vector<double> Problem::*field, int64_t k) {
-    Problem plus = p, minus = p;
-    (plus.*field)[k] += h;
-    (minus.*field)[k] -= h;
-    return (loss(plus) - loss(minus)) / (2 * h);
-  };
+  auto fd = [&](std::vector<double> Problem::*field, int64_t k) { return central_difference(p, loss, field, k); };
   for (int64_t k = 0; k < p.M * p.D; ++k) expect_close((name + " grad_z").c_str(), gz[k], fd(&Problem::z, k), 1e-6, 1e-7);
   for (int64_t k = 0; k < p.K * p.D; ++k) {
     expect_close((name + " grad_mu").c_str(), gmu[k], fd(&Problem::mu, k), 1e-6, 1e-7);
@@ -338,13 +342,7 @@ void check_jackknife(const std::string& name, Problem p) {
     for (size_t k = 0; k < sm.size(); ++k) total += g[k] * sm[k];
     return total;
   };
-  const double h = 1e-6;
-  auto fd = [&](std::vector<double> Problem::*field, int64_t k) {
-    Problem plus = p, minus = p;
-    (plus.*field)[k] += h;
-    (minus.*field)[k] -= h;
-    return (loss(plus) - loss(minus)) / (2 * h);
-  };
+  auto fd = [&](std::vector<double> Problem::*field, int64_t k) { return central_difference(p, loss, field, k); };
   for (int64_t k = 0; k < M * D; ++k) expect_close((name + " jackknife grad_z").c_str(), gz[k], fd(&Problem::z, k), 1e-6, 1e-7);
   for (int64_t k = 0; k < K * D; ++k) {
     if (k < owned * D) {
