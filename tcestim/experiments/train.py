@@ -95,13 +95,16 @@ def log_likelihood(args, recon, x):
 
 
 def build_prior(args):
+    """None for the normal prior, else the learnable prior module on ``args.device``."""
     if args.prior == "normal":
         return None
     if args.prior == "anisotropic":
-        return priors.AnisotropicGaussian(args.latent_dim)
-    if args.prior == "student-t":
-        return priors.FactorisedStudentT(args.latent_dim, nu=3.0)
-    return priors.SpikeAndSlab(args.latent_dim, gamma=0.8)
+        prior = priors.AnisotropicGaussian(args.latent_dim)
+    elif args.prior == "student-t":
+        prior = priors.FactorisedStudentT(args.latent_dim, nu=3.0)
+    else:
+        prior = priors.SpikeAndSlab(args.latent_dim, gamma=0.8)
+    return prior.to(getattr(args, "device", "cpu"))
 
 
 def objective(args, prior, log_px, out, dataset_size, bank=None):
@@ -417,8 +420,6 @@ def train(args) -> dict:
     device = torch.device(args.device)
     model = build_model(args).to(device)
     prior = build_prior(args)
-    if prior is not None:
-        prior = prior.to(device)
     parameters = list(model.parameters()) + (list(prior.parameters()) if prior is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=args.lr)
     sampler = EpochSampler(len(data), args.batch_size, args.seed)
@@ -528,10 +529,8 @@ def evaluate_checkpoint(path: str, eval_points: int | None = None, device: str =
     model = build_model(args).to(device)
     model.load_state_dict(state["model"])
     prior = build_prior(args)
-    if prior is not None:
-        prior = prior.to(device)
-        if state["prior"] is not None:
-            prior.load_state_dict(state["prior"])
+    if prior is not None and state["prior"] is not None:
+        prior.load_state_dict(state["prior"])
     result = evaluate(model, data, args, prior, torch.Generator().manual_seed(args.seed + 1))
     return {"step": state["step"], **result}
 
