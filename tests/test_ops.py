@@ -421,6 +421,32 @@ def test_nan_propagates_and_far_queries_stay_exact(backend):
     assert_close(log_qzd, want_qzd, rtol=1e-5, atol=0)
 
 
+@DTYPES
+@pytest.mark.parametrize("mode", MODES)
+def test_nearer_components_late_in_the_sweep(backend, mode, dtype):
+    """Components ordered from far to near: every later run of them has terms far above the earlier
+    maximum (hundreds of nats, past the range of exp), so the forward must move its reference
+    instead of overflowing; and one near component at the very end. Forward and gradients against
+    the float64 reference."""
+    M, K, D = 20, 96, 3
+    z, _, logvar, lw = make_inputs(M, K, D, dtype, seed=3)
+    distance = torch.linspace(40.0, 0.0, K, dtype=torch.float64)[:, None]
+    mu = (z.double().mean(0) + distance * torch.tensor([1.0, -0.5, 0.25], dtype=torch.float64)).to(dtype)
+    logvar = torch.full_like(logvar, -1.0)
+    inputs = [t.to(backend.device).requires_grad_() for t in (z, mu, logvar, lw)]
+    log_qz, log_qzd = mixture(backend, *inputs, mode)
+    want_qz, want_qzd = reference_outputs(z, mu, logvar, lw, mode)
+    c = reference.cube(*(reference.to_numpy(t) for t in (z, mu, logvar)))
+    assert (c[:, 16, 0] - c[:, 0, 0]).min() > 100  # the second run of components far above the first
+    assert_close(log_qz, want_qz, **TOL[dtype])
+    assert_close(log_qzd, want_qzd, **TOL[dtype])
+    g_qz, g_qzd = torch.ones(M, dtype=torch.float64), torch.ones(M, D, dtype=torch.float64)
+    grads = torch.autograd.grad((log_qz, log_qzd), inputs[:3], (g_qz.to(log_qz), g_qzd.to(log_qzd)))
+    want = reference_grads(z, mu, logvar, lw, mode, g_qz, g_qzd)
+    for got, ref in zip(grads, want):
+        assert_close(got, ref, **backward_tolerances(dtype, D))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["f16", "bf16"])
 def test_half_inputs_through_the_public_api(backend, dtype):
     z, mu, logvar, _ = make_inputs(50, 70, 8, dtype, seed=4, device=backend.device)

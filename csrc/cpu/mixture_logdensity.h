@@ -7,18 +7,18 @@
 // z is (M, D) queries, mu/logvar are (K, D) components, all row-major and contiguous. The cube is
 // never stored: extra memory is O((M + K) * D).
 //
-// Forward: queries go in blocks of kLanes rows, one SIMD lane per query. Pass 1 finds the exact
-// maxima over all components, pass 2 sums exp2(x - max): no rescaling, one exp2 per cube element.
-// The cube terms run in base 2 (log2(e) folded into per-component constants); the joint's terms are
-// taken back to nats (see joint_term_nats).
+// Forward: queries go in blocks of kLanes rows, one SIMD lane per query, one pass over the
+// components: each term is formed once and exponentiated once (see forward_block). The cube terms
+// run in base 2 (log2(e) folded into per-component constants); the joint's terms are taken back to
+// nats (see joint_term_nats).
 //
-// Backward recomputes the cube in two sweeps, each reducing in a fixed order, so results are
-// bitwise reproducible whatever the thread count:
-//   rows    (blocks of queries):    grad_z[i,d] = sum_j W[i,j,d] dC/dz,   grad_logw[i,j]
-//   columns (blocks of components): grad_mu[j,d], grad_logvar[j,d] = sum_i W[i,j,d] dC/d(.),
-//                                   for the components that need them (j < grad_components)
-// with W[i,j,d] = g_qz[i] P[i,j] + g_qzd[i,d] Q[i,j,d], the softmax weights
-//   P[i,j] = exp(logw + sum_d C - log_qz[i]),  Q[i,j,d] = exp(logw + C - log_qzd[i,d]).
+// Backward: one sweep that recomputes the cube once, tile by tile (TilePlan, FusedBackward), and
+// forms each weight W[i,j,d] = g_qz[i] P[i,j] + g_qzd[i,d] Q[i,j,d] once for all three gradients:
+//   grad_z[i,d] = sum_j W dC/dz,  grad_logw[i,j] (dense weights),
+//   grad_mu[j,d], grad_logvar[j,d] = sum_i W dC/d(.)  for the components j < grad_components,
+// with the softmax weights P[i,j] = exp(logw + sum_d C - log_qz[i]), Q[i,j,d] = exp(logw + C - log_qzd[i,d]).
+// Tiles write partial sums that are added up in a fixed order, so results are bitwise reproducible
+// whatever the thread count.
 #pragma once
 
 #include <algorithm>
@@ -131,6 +131,13 @@ struct StructuredWeights {
     for (int l = 0; l < L; ++l) out[l] = at(rows.index(l, M), j);
     return out;
   }
+  // True, with *lw = log2_other in every lane, if that is the weight of every query of `rows` for
+  // every component j0..j0+n-1 (none is a query's own or next component).
+  bool uniform_rows(const LaneBlock& rows, int64_t j0, int64_t n, Vec<T>* lw) const {
+    if (j0 == 0 || (j0 + n - 1 >= rows.first && j0 <= rows.first + kLanes<T>)) return false;
+    *lw = broadcast(log2_other);
+    return true;
+  }
   // Lanes = components of `cols`, one query i.
   Vec<T> columns(int64_t i, const LaneBlock& cols, int64_t K) const {
     constexpr int L = kLanes<T>;
@@ -153,6 +160,7 @@ struct DenseWeights {
     for (int l = 0; l < kLanes<T>; ++l) out[l] = log_weights[rows.index(l, M) * num_components + j];
     return out * static_cast<T>(kLog2E);
   }
+  bool uniform_rows(const LaneBlock&, int64_t, int64_t, Vec<T>*) const { return false; }
   Vec<T> columns(int64_t i, const LaneBlock& cols, int64_t K) const {
     Vec<T> out{};
     const T* row = log_weights + i * num_components;
@@ -224,6 +232,23 @@ inline Vec<T> joint_term_nats(Vec<T> lw2, Vec<T> csum2) {
   return x;
 }
 
+// sum_d term(d) over d = 0..D-1 in four interleaved partial sums, ((s0 + s1) + (s2 + s3)): a single
+// running sum would make every addition wait for the previous one (4 cycles), longer than the
+// rest of a term takes. Forward and backward form the joint's sums through this one function.
+template <typename V, typename Term>
+inline V sum_over_dims(int64_t D, Term&& term) {
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) {
+    s0 += term(d);
+    s1 += term(d + 1);
+    s2 += term(d + 2);
+    s3 += term(d + 3);
+  }
+  for (; d < D; ++d) s0 += term(d);
+  return (s0 + s1) + (s2 + s3);
+}
+
 // exp(x - ref) for x, ref in nats: the difference is taken before the change of base, where it is exact.
 template <typename T>
 inline Vec<T> exp_of_difference(Vec<T> x, Vec<T> ref) {
@@ -282,77 +307,131 @@ class VecBuffer {
   int64_t capacity_ = 0;
 };
 
-inline int64_t num_blocks(int64_t count, int lanes) { return (count + lanes - 1) / lanes; }
+inline int64_t num_blocks(int64_t count, int64_t size) { return (count + size - 1) / size; }
 
 // The sums over components (forward, grad_z) and over queries (grad_mu, grad_logvar) add their terms
 // in runs of kRun, then add up the runs' partial sums: float32 rounding error grows like
-// kRun + count / kRun instead of count (K = 2048: 6e-6 -> 3e-7 relative, typical).
+// kRun + count / kRun instead of count (K = 2048: 6e-6 -> 3e-7 relative, typical). The forward and
+// the backward also take components in chunks of kRun.
 constexpr int64_t kRun = 32;
 
-// Forward for one block of queries.
+// The forward's chunks of components: a chunk's terms (kForwardChunk x D vectors) stay in L1.
+constexpr int64_t kForwardChunk = 16;
+
+// True if any lane of a comparison's result is set.
+template <typename Mask>
+inline bool any_lane(Mask mask) {
+  static_assert(sizeof(Mask) % sizeof(uint64_t) == 0, "mask of whole 64-bit words");
+  uint64_t words[sizeof(Mask) / sizeof(uint64_t)];
+  std::memcpy(words, &mask, sizeof(Mask));
+  uint64_t any = 0;
+  for (uint64_t w : words) any |= w;
+  return any != 0;
+}
+
+// Raises a running maximum to `candidate` where that is larger and rescales the running sum of
+// 2^(x - max) to the new maximum (base 2). Maxima of -inf count as 0, as in finite_or_zero.
+template <typename T>
+inline void raise_maximum(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
+  const Vec<T> raised = vmax<T>(candidate, max);
+  if (any_lane(raised > max)) {
+    sum *= vexp2<T>(finite_or_zero<T>(max) - finite_or_zero<T>(raised));
+    max = raised;
+  }
+}
+
+// The same in nats (the joint's terms).
+template <typename T>
+inline void raise_maximum_nats(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
+  const Vec<T> raised = vmax<T>(candidate, max);
+  if (any_lane(raised > max)) {
+    sum *= exp_of_difference<T>(finite_or_zero<T>(max), finite_or_zero<T>(raised));
+    max = raised;
+  }
+}
+
+// Forward for one block of queries, one pass over the components in chunks of kForwardChunk. A chunk's terms
+// x (base 2) are formed once into a buffer; then, per target, their 2^(x - m) are added to the sum
+// relative to that target's reference m, which is the maximum of the terms seen when it was last set
+// (the first chunk sets it). A later chunk's terms may exceed m: while a chunk's sum stays below
+// kTermsAbove (any term at most that much above m, where the sum cannot overflow) they are kept;
+// otherwise m is raised to the chunk's maximum, the sum rescaled, and the chunk summed again. So
+// the terms need no maximum of their own, which would cost as much as forming them.
+constexpr double kTermsAbove = 18446744073709551616.0;  // 2^64
+
 template <typename T, typename Weights>
 void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentTable<T>& comp,
                    const Weights& weights, const LaneBlock& rows, T* log_qz, T* log_qzd,
                    VecBuffer<T>& scratch) {
   using V = Vec<T>;
-  V* __restrict zt = scratch.reserve(4 * D);
-  V* __restrict max_d = zt + D;
-  V* __restrict sum_d = max_d + D;
-  V* __restrict run_d = sum_d + D;
+  const int64_t stride = D | 1;  // an odd row stride: the column reads below spread over the cache sets
+  V* __restrict zt = scratch.reserve(3 * D + kForwardChunk * stride + kForwardChunk);
+  V* __restrict ref_d = zt + D;                 // the marginals' references m (base 2)
+  V* __restrict sum_d = ref_d + D;              // their sums of 2^(x - m)
+  V* __restrict terms = sum_d + D;              // (kForwardChunk, stride): the chunk's marginal terms
+  V* __restrict joint = terms + kForwardChunk * stride;  // (kForwardChunk,): the chunk's joint terms, nats
   gather_transposed(z, rows, M, D, zt);
   for (int64_t d = 0; d < D; ++d) {
-    max_d[d] = broadcast(kNegInf<T>);
+    ref_d[d] = broadcast(kNegInf<T>);
     sum_d[d] = broadcast(T(0));
   }
   V max_joint = broadcast(kNegInf<T>), sum_joint = broadcast(T(0));
+  const V above = broadcast(static_cast<T>(kTermsAbove));
 
-  // Pass 1: exact maxima over all components.
-  for (int64_t j = 0; j < K; ++j) {
-    const V lw = weights.rows(rows, M, j);
-    const T* mu = comp.mu + j * D;
-    const T* quad = comp.quadratic.data() + j * D;
-    const T* off = comp.offset.data() + j * D;
-    V csum = broadcast(T(0));
-    for (int64_t d = 0; d < D; ++d) {
-      const V t = zt[d] - mu[d];
-      const V c = off[d] + quad[d] * t * t;
-      csum += c;
-      max_d[d] = vmax<T>(lw + c, max_d[d]);
-    }
-    max_joint = vmax<T>(joint_term_nats<T>(lw, csum), max_joint);
-  }
-  for (int64_t d = 0; d < D; ++d) max_d[d] = finite_or_zero<T>(max_d[d]);
-  max_joint = finite_or_zero<T>(max_joint);
-
-  // Pass 2: sums of exp2(x - max), recomputing the same terms in the same order.
-  for (int64_t j0 = 0; j0 < K; j0 += kRun) {
-    for (int64_t d = 0; d < D; ++d) run_d[d] = broadcast(T(0));
-    V run_joint = broadcast(T(0));
-    for (int64_t j = j0; j < std::min(K, j0 + kRun); ++j) {
-      const V lw = weights.rows(rows, M, j);
+  for (int64_t j0 = 0; j0 < K; j0 += kForwardChunk) {
+    const int64_t n = std::min(kForwardChunk, K - j0);
+    // Where every weight of the chunk is the same, the buffer holds C2 without it and the weight
+    // moves into the shift: one addition per term fewer.
+    V lw_chunk{};
+    const bool uniform = weights.uniform_rows(rows, j0, n, &lw_chunk);
+    V chunk_max_joint = broadcast(kNegInf<T>);
+    for (int64_t jj = 0; jj < n; ++jj) {
+      const int64_t j = j0 + jj;
+      const V lw = uniform ? lw_chunk : weights.rows(rows, M, j);
       const T* mu = comp.mu + j * D;
       const T* quad = comp.quadratic.data() + j * D;
       const T* off = comp.offset.data() + j * D;
-      V csum = broadcast(T(0));
-      for (int64_t d = 0; d < D; ++d) {
+      V* __restrict x = terms + jj * stride;
+      const V csum = sum_over_dims<V>(D, [&](int64_t d) {
         const V t = zt[d] - mu[d];
         const V c = off[d] + quad[d] * t * t;
-        csum += c;
-        run_d[d] += vexp2<T>(lw + c - max_d[d]);
-      }
-      run_joint += exp_of_difference<T>(joint_term_nats<T>(lw, csum), max_joint);
+        x[d] = uniform ? c : lw + c;
+        return c;
+      });
+      joint[jj] = joint_term_nats<T>(lw, csum);
+      chunk_max_joint = vmax<T>(joint[jj], chunk_max_joint);
     }
-    for (int64_t d = 0; d < D; ++d) sum_d[d] += run_d[d];
+    const V lw_shift = uniform ? lw_chunk : broadcast(T(0));
+    const auto chunk_sum = [&](int64_t d) {
+      const V shift = finite_or_zero<T>(ref_d[d]) - lw_shift;
+      V run = broadcast(T(0));
+      for (int64_t jj = 0; jj < n; ++jj) run += vexp2<T>(terms[jj * stride + d] - shift);
+      return run;
+    };
+    for (int64_t d = 0; d < D; ++d) {
+      V run = chunk_sum(d);
+      if (any_lane((ref_d[d] == broadcast(kNegInf<T>)) | ~(run <= above))) {
+        V chunk_max = broadcast(kNegInf<T>);
+        for (int64_t jj = 0; jj < n; ++jj) chunk_max = vmax<T>(terms[jj * stride + d], chunk_max);
+        raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift);
+        run = chunk_sum(d);
+      }
+      sum_d[d] += run;
+    }
+    raise_maximum_nats<T>(max_joint, sum_joint, chunk_max_joint);
+    const V shift_joint = finite_or_zero<T>(max_joint);
+    V run_joint = broadcast(T(0));
+    for (int64_t jj = 0; jj < n; ++jj) run_joint += exp_of_difference<T>(joint[jj], shift_joint);
     sum_joint += run_joint;
   }
 
-  for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(max_d[d], sum_d[d]);
+  for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(finite_or_zero<T>(ref_d[d]), sum_d[d]);
   scatter_transposed(sum_d, rows, D, log_qzd);
-  scatter_lanes(log_sum_nats<T>(max_joint, sum_joint), rows, log_qz);
+  scatter_lanes(log_sum_nats<T>(finite_or_zero<T>(max_joint), sum_joint), rows, log_qz);
 }
 
-// Saved forward outputs as both backward sweeps use them: the joint as it is (nats), the
-// marginals converted to base 2.
+// Saved forward outputs as the backward uses them: the joint as it is (nats), the marginals
+// converted to base 2.
 template <typename T>
 struct SavedLog2 {
   const T* joint;            // (M,)   log_qz
@@ -363,116 +442,179 @@ struct SavedLog2 {
   }
 };
 
-// Backward sweep over one block of queries: grad_z (and grad_logw for dense weights).
-template <typename T, typename Weights>
-void backward_rows_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_t M, int64_t K,
-                         int64_t D, const ComponentTable<T>& comp, const Weights& weights,
-                         const SavedLog2<T>& saved, const LaneBlock& rows, T* grad_z, T* grad_logw,
-                         VecBuffer<T>& scratch) {
-  using V = Vec<T>;
-  V* __restrict zt = scratch.reserve(6 * D);
-  V* __restrict gt = zt + D;    // grad_qzd, transposed
-  V* __restrict lt = gt + D;    // saved marginals (base 2), transposed
-  V* __restrict cbuf = lt + D;  // C2 terms of the current component
-  V* __restrict gz = cbuf + D;  // grad_z accumulator, transposed
-  V* __restrict run = gz + D;   // grad_z over the current run of components
-  gather_transposed(z, rows, M, D, zt);
-  gather_transposed(grad_qzd, rows, M, D, gt);
-  gather_transposed(saved.marginals.data(), rows, M, D, lt);
-  for (int64_t d = 0; d < D; ++d) gz[d] = broadcast(T(0));
-  V g_joint{}, l_joint{};
-  for (int l = 0; l < kLanes<T>; ++l) {
-    g_joint[l] = grad_qz[rows.index(l, M)];
-    l_joint[l] = saved.joint[rows.index(l, M)];
+// The backward's split of the (queries x components) plane into tiles: row tiles of whole SIMD
+// blocks of queries, column tiles of whole runs of components. It depends on M, K and the lane
+// width only, so the results do not depend on how many threads take the tiles.
+struct TilePlan {
+  static constexpr int64_t kMinBlocksPerRowTile = 4;  // amortises the sums across lanes
+  static constexpr int64_t kMaxRowTiles = 8;
+  static constexpr int64_t kMaxColumnTiles = 16;  // bounds the partial sums of grad_z
+
+  int64_t row_tile, row_tiles, column_tile, column_tiles;
+
+  TilePlan(int64_t M, int64_t K, int64_t lanes) {
+    const int64_t blocks = num_blocks(M, lanes);
+    row_tile = std::max(kMinBlocksPerRowTile, num_blocks(blocks, kMaxRowTiles)) * lanes;
+    row_tiles = num_blocks(M, row_tile);
+    column_tile = std::max<int64_t>(1, num_blocks(num_blocks(K, kRun), kMaxColumnTiles)) * kRun;
+    column_tiles = num_blocks(K, column_tile);
   }
+};
 
-  for (int64_t j = 0; j < K; ++j) {
-    if (j % kRun == 0) {
-      for (int64_t d = 0; d < D; ++d) run[d] = broadcast(T(0));
-    }
-    const V lw = weights.rows(rows, M, j);
-    const T* mu = comp.mu + j * D;
-    const T* quad = comp.quadratic.data() + j * D;
-    const T* off = comp.offset.data() + j * D;
-    const T* prec = comp.precision.data() + j * D;
-    V csum = broadcast(T(0));
-    for (int64_t d = 0; d < D; ++d) {
-      const V t = zt[d] - mu[d];
-      cbuf[d] = off[d] + quad[d] * t * t;
-      csum += cbuf[d];
-    }
-    const V gp = g_joint * exp_of_difference<T>(joint_term_nats<T>(lw, csum), l_joint);
-    V gw = gp;
-    for (int64_t d = 0; d < D; ++d) {
-      const V gq = gt[d] * vexp2<T>(lw + cbuf[d] - lt[d]);
-      gw += gq;
-      run[d] -= (gp + gq) * (zt[d] - mu[d]) * prec[d];  // dC/dz = -(z - mu) * precision
-    }
-    if (Weights::kDense) {
-      for (int64_t l = 0; l < rows.valid; ++l) grad_logw[(rows.first + l) * K + j] = gw[l];
-    }
-    if (j % kRun == kRun - 1 || j == K - 1) {
-      for (int64_t d = 0; d < D; ++d) gz[d] += run[d];
-    }
-  }
-  scatter_transposed(gz, rows, D, grad_z);
-}
-
-// Backward sweep over one block of components: grad_mu and grad_logvar.
+// The backward in one sweep: each tile forms the weights W[i,j,d] of its queries and components once
+// and adds them into grad_z (over its components) and grad_mu, grad_logvar (over its queries, for
+// the components j < grad_components), as partial sums per tile that are added up afterwards in a
+// fixed order. Lanes are queries; the sums over queries run per lane and are added across lanes
+// (in double) at the end of each chunk of kRun components.
 template <typename T, typename Weights>
-void backward_columns_block(const T* grad_qz, const T* grad_qzd, const T* z, int64_t M, int64_t K,
-                            int64_t D, const ComponentTable<T>& comp, const Weights& weights,
-                            const SavedLog2<T>& saved, const LaneBlock& cols, T* grad_mu,
-                            T* grad_logvar, VecBuffer<T>& scratch) {
+class FusedBackward {
+ public:
   using V = Vec<T>;
-  V* __restrict mut = scratch.reserve(9 * D);
-  V* __restrict pt = mut + D;   // precision
-  V* __restrict qt = pt + D;    // quadratic
-  V* __restrict ot = qt + D;    // offset
-  V* __restrict cbuf = ot + D;  // C2 terms of the current query
-  V* __restrict gmu = cbuf + D;
-  V* __restrict glv = gmu + D;
-  V* __restrict run_mu = glv + D;  // gmu and glv over the current run of queries
-  V* __restrict run_lv = run_mu + D;
-  gather_transposed(comp.mu, cols, K, D, mut);
-  gather_transposed(comp.precision.data(), cols, K, D, pt);
-  gather_transposed(comp.quadratic.data(), cols, K, D, qt);
-  gather_transposed(comp.offset.data(), cols, K, D, ot);
-  for (int64_t d = 0; d < 2 * D; ++d) gmu[d] = broadcast(T(0));
-  const V half = broadcast(T(0.5));
 
-  for (int64_t i = 0; i < M; ++i) {
-    if (i % kRun == 0) {
-      for (int64_t d = 0; d < D; ++d) run_mu[d] = run_lv[d] = broadcast(T(0));
+  FusedBackward(const T* grad_qz, const T* grad_qzd, const T* z, int64_t M, int64_t K, int64_t D,
+                int64_t owned, const ComponentTable<T>& comp, const Weights& weights, const SavedLog2<T>& saved,
+                const TilePlan& plan, T* grad_logw)
+      : grad_qz_(grad_qz), grad_qzd_(grad_qzd), z_(z), M_(M), K_(K), D_(D), owned_(owned), comp_(comp),
+        weights_(weights), saved_(saved), plan_(plan), grad_logw_(grad_logw) {}
+
+  // Tile (r, c): writes rows [r row_tile, ...) of partial_z[c] (M, D) and rows j < owned of the
+  // tile's components of partial_mu[r], partial_logvar[r] (owned, D).
+  void tile(int64_t r, int64_t c, T* partial_z, T* partial_mu, T* partial_logvar, VecBuffer<T>& scratch) const {
+    constexpr int L = kLanes<T>;
+    const int64_t D = D_;
+    const int64_t i_begin = r * plan_.row_tile, i_end = std::min(M_, i_begin + plan_.row_tile);
+    const int64_t j_begin = c * plan_.column_tile, j_end = std::min(K_, j_begin + plan_.column_tile);
+    const int64_t nb = num_blocks(i_end - i_begin, L);
+    V* __restrict zt = scratch.reserve(nb * (4 * D + 2) + 3 * D + 2 * kRun * D);
+    V* __restrict gt = zt + nb * D;   // grad_qzd, 0 in the lanes past M
+    V* __restrict lt = gt + nb * D;   // saved marginals, base 2
+    V* __restrict gz = lt + nb * D;   // grad_z of the tile's components
+    V* __restrict g_joint = gz + nb * D;  // grad_qz, 0 in the lanes past M
+    V* __restrict l_joint = g_joint + nb;
+    V* __restrict cbuf = l_joint + nb;  // C2 of the current term
+    V* __restrict run = cbuf + D;       // grad_z over the current chunk
+    V* __restrict shifted = run + D;    // lt - lw for a chunk of uniform weights
+    V* __restrict acc_mu = shifted + D;   // (kRun, D) per-lane sums over the tile's queries
+    V* __restrict acc_lv = acc_mu + kRun * D;
+
+    for (int64_t b = 0; b < nb; ++b) {
+      const LaneBlock rows = block(i_begin, i_end, b);
+      gather_transposed(z_, rows, M_, D, zt + b * D);
+      gather_transposed(grad_qzd_, rows, M_, D, gt + b * D);
+      gather_transposed(saved_.marginals.data(), rows, M_, D, lt + b * D);
+      for (int64_t l = 0; l < L; ++l) {
+        const bool valid = l < rows.valid;
+        for (int64_t d = 0; d < D; ++d) gt[b * D + d][l] = valid ? gt[b * D + d][l] : T(0);
+        g_joint[b][l] = valid ? grad_qz_[rows.first + l] : T(0);
+        l_joint[b][l] = saved_.joint[rows.index(l, M_)];
+      }
+      for (int64_t d = 0; d < D; ++d) gz[b * D + d] = broadcast(T(0));
     }
-    const V lw = weights.columns(i, cols, K);
-    const T* zi = z + i * D;
-    const T* gi = grad_qzd + i * D;
-    const T* li = saved.marginals.data() + i * D;
-    V csum = broadcast(T(0));
-    for (int64_t d = 0; d < D; ++d) {
-      const V t = zi[d] - mut[d];
-      cbuf[d] = ot[d] + qt[d] * t * t;
-      csum += cbuf[d];
-    }
-    const V gp = grad_qz[i] * exp_of_difference<T>(joint_term_nats<T>(lw, csum), broadcast(saved.joint[i]));
-    for (int64_t d = 0; d < D; ++d) {
-      const V w = gp + gi[d] * vexp2<T>(lw + cbuf[d] - li[d]);
-      const V t = zi[d] - mut[d];
-      const V tp = t * pt[d];
-      run_mu[d] += w * tp;                     // dC/dmu = (z - mu) * precision
-      run_lv[d] += w * (half * t * tp - half);  // dC/dlogvar = 0.5 (z - mu)^2 precision - 0.5
-    }
-    if (i % kRun == kRun - 1 || i == M - 1) {
-      for (int64_t d = 0; d < D; ++d) {
-        gmu[d] += run_mu[d];
-        glv[d] += run_lv[d];
+
+    for (int64_t j0 = j_begin; j0 < j_end; j0 += kRun) {
+      const int64_t n = std::min(kRun, j_end - j0);
+      const int64_t n_owned = std::min(n, std::max<int64_t>(0, owned_ - j0));
+      for (int64_t k = 0; k < n_owned * D; ++k) acc_mu[k] = acc_lv[k] = broadcast(T(0));
+      for (int64_t b = 0; b < nb; ++b) {
+        const LaneBlock rows = block(i_begin, i_end, b);
+        const Block q{rows, zt + b * D, gt + b * D, lt + b * D, g_joint[b], l_joint[b]};
+        for (int64_t d = 0; d < D; ++d) run[d] = broadcast(T(0));
+        V lw{};
+        if (weights_.uniform_rows(rows, j0, n, &lw)) {
+          for (int64_t d = 0; d < D; ++d) shifted[d] = q.lt[d] - lw;
+          const Block s{rows, q.zt, q.gt, shifted, q.g_joint, q.l_joint};
+          for (int64_t jj = 0; jj < n_owned; ++jj) term<true, true>(s, j0 + jj, lw, cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
+          for (int64_t jj = n_owned; jj < n; ++jj) term<false, true>(s, j0 + jj, lw, cbuf, run, nullptr, nullptr);
+        } else {
+          for (int64_t jj = 0; jj < n_owned; ++jj) {
+            term<true, false>(q, j0 + jj, weights_.rows(rows, M_, j0 + jj), cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
+          }
+          for (int64_t jj = n_owned; jj < n; ++jj) {
+            term<false, false>(q, j0 + jj, weights_.rows(rows, M_, j0 + jj), cbuf, run, nullptr, nullptr);
+          }
+        }
+        for (int64_t d = 0; d < D; ++d) gz[b * D + d] += run[d];
+      }
+      for (int64_t jj = 0; jj < n_owned; ++jj) {
+        T* mu_row = partial_mu + (j0 + jj) * D;
+        T* lv_row = partial_logvar + (j0 + jj) * D;
+        for (int64_t d = 0; d < D; ++d) {
+          mu_row[d] = sum_lanes(acc_mu[jj * D + d]);
+          lv_row[d] = sum_lanes(acc_lv[jj * D + d], 0.5);
+        }
       }
     }
+    for (int64_t b = 0; b < nb; ++b) scatter_transposed(gz + b * D, block(i_begin, i_end, b), D, partial_z);
   }
-  scatter_transposed(gmu, cols, D, grad_mu);
-  scatter_transposed(glv, cols, D, grad_logvar);
-}
+
+ private:
+  // One block of queries as the terms read it (transposed, lanes = queries).
+  struct Block {
+    const LaneBlock& rows;
+    const V* zt;
+    const V* gt;
+    const V* lt;  // saved marginals (base 2), or minus the chunk's uniform weight
+    V g_joint, l_joint;
+  };
+
+  LaneBlock block(int64_t i_begin, int64_t i_end, int64_t b) const {
+    const int64_t first = i_begin + b * kLanes<T>;
+    return LaneBlock{first, std::min<int64_t>(kLanes<T>, i_end - first)};
+  }
+
+  static T sum_lanes(V v, double scale = 1) {
+    double s = 0;
+    for (int l = 0; l < kLanes<T>; ++l) s += v[l];
+    return static_cast<T>(scale * s);
+  }
+
+  // Component j against one block: W = g_qz P + g_qzd Q for every dimension, added into run
+  // (-W dC/dz) and, for kColumns, into the lanes of acc_mu (W dC/dmu) and acc_lv (W dC/dlogvar).
+  // kUniform: the block's lt already has the weight lw subtracted.
+  template <bool kColumns, bool kUniform>
+  inline void term(const Block& q, int64_t j, V lw, V* __restrict cbuf, V* __restrict run, V* __restrict acc_mu,
+                   V* __restrict acc_lv) const {
+    const int64_t D = D_;
+    const T* mu = comp_.mu + j * D;
+    const T* quad = comp_.quadratic.data() + j * D;
+    const T* off = comp_.offset.data() + j * D;
+    const T* prec = comp_.precision.data() + j * D;
+    const V csum = sum_over_dims<V>(D, [&](int64_t d) {
+      const V t = q.zt[d] - mu[d];
+      cbuf[d] = off[d] + quad[d] * t * t;
+      return cbuf[d];
+    });
+    const V gp = q.g_joint * exp_of_difference<T>(joint_term_nats<T>(lw, csum), q.l_joint);
+    const V one = broadcast(T(1));
+    V gw = gp;
+    for (int64_t d = 0; d < D; ++d) {
+      const V gq = q.gt[d] * vexp2<T>(kUniform ? cbuf[d] - q.lt[d] : lw + cbuf[d] - q.lt[d]);
+      gw += gq;
+      const V w = gp + gq;
+      const V t = q.zt[d] - mu[d];
+      const V tp = t * prec[d];
+      const V wtp = w * tp;
+      run[d] -= wtp;  // dC/dz = -(z - mu) precision
+      if (kColumns) {
+        acc_mu[d] += wtp;                         // dC/dmu = (z - mu) precision
+        acc_lv[d] += w * (t * tp - one);          // dC/dlogvar = 0.5 ((z - mu)^2 precision - 1): halved at the end
+      }
+    }
+    if (Weights::kDense) {
+      for (int64_t l = 0; l < q.rows.valid; ++l) grad_logw_[(q.rows.first + l) * K_ + j] = gw[l];
+    }
+  }
+
+  const T* grad_qz_;
+  const T* grad_qzd_;
+  const T* z_;
+  int64_t M_, K_, D_, owned_;
+  const ComponentTable<T>& comp_;
+  const Weights& weights_;
+  const SavedLog2<T>& saved_;
+  const TilePlan& plan_;
+  T* grad_logw_;
+};
 
 // Flushes subnormal results and operands to zero on this thread while alive (x86 FTZ + DAZ),
 // then restores the caller's mode. Softmax weights far below 1 times small upstream gradients
@@ -521,7 +663,7 @@ void mixture_logdensity_forward(const T* z, const T* mu, const T* logvar, int64_
 }
 
 // grad_logw may be null unless Weights is DenseWeights. Only components 0..grad_components-1 get
-// rows of grad_mu and grad_logvar (the column sweep skips the rest); grad_z sums over all K.
+// rows of grad_mu and grad_logvar (the others' terms feed grad_z only); grad_z sums over all K.
 template <typename T, typename Weights, typename ParallelFor>
 void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z, const T* mu,
                                  const T* logvar, int64_t M, int64_t K, int64_t D,
@@ -531,15 +673,61 @@ void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z
                                  ParallelFor&& parallel_for) {
   const ComponentTable<T> comp(mu, logvar, K, D);
   const detail::SavedLog2<T> saved(log_qz, log_qzd, M, D);
-  detail::for_each_lane_block<T>(M, parallel_for, [&](const LaneBlock& rows, detail::VecBuffer<T>& scratch) {
-    detail::backward_rows_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, rows, grad_z, grad_logw,
-                                scratch);
+  const int64_t owned = detail::owned_components(grad_components, K);
+  const detail::TilePlan plan(M, K, kLanes<T>);
+  const detail::FusedBackward<T, Weights> sweep(grad_qz, grad_qzd, z, M, K, D, owned, comp, weights, saved, plan,
+                                                grad_logw);
+  // One tile's partial sums go straight to the outputs.
+  std::vector<T> partial_z(plan.column_tiles > 1 ? plan.column_tiles * M * D : 0);
+  std::vector<T> partial_mu(plan.row_tiles > 1 ? 2 * plan.row_tiles * owned * D : 0);
+  T* const pz = plan.column_tiles > 1 ? partial_z.data() : grad_z;
+  T* const pmu = plan.row_tiles > 1 ? partial_mu.data() : grad_mu;
+  T* const plv = plan.row_tiles > 1 ? partial_mu.data() + plan.row_tiles * owned * D : grad_logvar;
+  parallel_for(plan.row_tiles * plan.column_tiles, [&](int64_t begin, int64_t end) {
+    const detail::FlushSubnormals flush;
+    detail::VecBuffer<T> scratch;
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t r = t / plan.column_tiles, c = t % plan.column_tiles;
+      const bool own_rows = plan.row_tiles > 1;
+      sweep.tile(r, c, pz + (plan.column_tiles > 1 ? c * M * D : 0), pmu + (own_rows ? r * owned * D : 0),
+                 plv + (own_rows ? r * owned * D : 0), scratch);
+    }
   });
-  detail::for_each_lane_block<T>(detail::owned_components(grad_components, K), parallel_for,
-                                 [&](const LaneBlock& cols, detail::VecBuffer<T>& scratch) {
-    detail::backward_columns_block(grad_qz, grad_qzd, z, M, K, D, comp, weights, saved, cols, grad_mu,
-                                   grad_logvar, scratch);
-  });
+  if (M == 0) {  // no queries, no tiles: the owned components' gradients are 0
+    std::fill(grad_mu, grad_mu + owned * D, T(0));
+    std::fill(grad_logvar, grad_logvar + owned * D, T(0));
+    return;
+  }
+  if (plan.column_tiles == 1 && plan.row_tiles == 1) return;
+  // The partial sums of the tiles, added in tile order: (rows of grad_z) then (rows of grad_mu, grad_logvar).
+  const int64_t rows_per_task = std::max<int64_t>(1, 4096 / std::max<int64_t>(D, 1));
+  const int64_t z_tasks = plan.column_tiles > 1 ? detail::num_blocks(M, rows_per_task) : 0;
+  const int64_t mu_tasks = plan.row_tiles > 1 ? detail::num_blocks(owned, rows_per_task) : 0;
+  const auto add_up = [](const T* parts, int64_t count, int64_t stride, int64_t begin, int64_t end, T* out) {
+    for (int64_t k = begin; k < end; ++k) {
+      double s = 0;
+      for (int64_t p = 0; p < count; ++p) s += parts[p * stride + k];
+      out[k] = static_cast<T>(s);
+    }
+  };
+  const auto add_tasks = [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      if (task < z_tasks) {
+        const int64_t lo = task * rows_per_task * D, hi = std::min(M, (task + 1) * rows_per_task) * D;
+        add_up(partial_z.data(), plan.column_tiles, M * D, lo, hi, grad_z);
+      } else {
+        const int64_t k = task - z_tasks;
+        const int64_t lo = k * rows_per_task * D, hi = std::min(owned, (k + 1) * rows_per_task) * D;
+        add_up(partial_mu.data(), plan.row_tiles, owned * D, lo, hi, grad_mu);
+        add_up(partial_mu.data() + plan.row_tiles * owned * D, plan.row_tiles, owned * D, lo, hi, grad_logvar);
+      }
+    }
+  };
+  if (z_tasks + mu_tasks > 1) {
+    parallel_for(z_tasks + mu_tasks, add_tasks);
+  } else {
+    add_tasks(0, z_tasks + mu_tasks);
+  }
 }
 
 }  // namespace TCESTIM_ISA
