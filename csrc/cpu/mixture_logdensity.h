@@ -359,75 +359,101 @@ inline void raise_maximum_nats(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
 // the terms need no maximum of their own, which would cost as much as forming them.
 constexpr double kTermsAbove = 18446744073709551616.0;  // 2^64
 
+// Blocks of queries that the forward sweeps together, chunk by chunk, so that each chunk of
+// components is read from memory once for all of them (a bank of components does not fit in cache).
+inline int64_t forward_group(int64_t blocks) { return std::min<int64_t>(4, std::max<int64_t>(1, num_blocks(blocks, 8))); }
+
+// Forward for blocks first_block..first_block+count-1 of queries (count <= forward_group).
 template <typename T, typename Weights>
-void forward_block(const T* z, int64_t M, int64_t K, int64_t D, const ComponentTable<T>& comp,
-                   const Weights& weights, const LaneBlock& rows, T* log_qz, T* log_qzd,
-                   VecBuffer<T>& scratch) {
+void forward_blocks(const T* z, int64_t M, int64_t K, int64_t D, const ComponentTable<T>& comp,
+                    const Weights& weights, int64_t first_block, int64_t count, T* log_qz, T* log_qzd,
+                    VecBuffer<T>& scratch) {
   using V = Vec<T>;
+  constexpr int L = kLanes<T>;
   const int64_t stride = D | 1;  // an odd row stride: the column reads below spread over the cache sets
-  V* __restrict zt = scratch.reserve(3 * D + kForwardChunk * stride + kForwardChunk);
-  V* __restrict ref_d = zt + D;                 // the marginals' references m (base 2)
-  V* __restrict sum_d = ref_d + D;              // their sums of 2^(x - m)
-  V* __restrict terms = sum_d + D;              // (kForwardChunk, stride): the chunk's marginal terms
-  V* __restrict joint = terms + kForwardChunk * stride;  // (kForwardChunk,): the chunk's joint terms, nats
-  gather_transposed(z, rows, M, D, zt);
-  for (int64_t d = 0; d < D; ++d) {
-    ref_d[d] = broadcast(kNegInf<T>);
-    sum_d[d] = broadcast(T(0));
+  V* __restrict zt = scratch.reserve(count * (3 * D + 2) + kForwardChunk * stride + kForwardChunk);
+  V* __restrict ref_all = zt + count * D;       // the marginals' references m (base 2), per block
+  V* __restrict sum_all = ref_all + count * D;  // their sums of 2^(x - m)
+  V* __restrict joint_state = sum_all + count * D;     // per block: maximum and sum of the joint's terms
+  V* __restrict terms = joint_state + 2 * count;       // (kForwardChunk, stride): a chunk's marginal terms
+  V* __restrict joint = terms + kForwardChunk * stride;  // (kForwardChunk,): its joint terms, nats
+  const auto rows_of = [&](int64_t b) {
+    const int64_t first = (first_block + b) * L;
+    return LaneBlock{first, std::min<int64_t>(L, M - first)};
+  };
+  for (int64_t b = 0; b < count; ++b) {
+    gather_transposed(z, rows_of(b), M, D, zt + b * D);
+    for (int64_t d = 0; d < D; ++d) {
+      ref_all[b * D + d] = broadcast(kNegInf<T>);
+      sum_all[b * D + d] = broadcast(T(0));
+    }
+    joint_state[2 * b] = broadcast(kNegInf<T>);
+    joint_state[2 * b + 1] = broadcast(T(0));
   }
-  V max_joint = broadcast(kNegInf<T>), sum_joint = broadcast(T(0));
   const V above = broadcast(static_cast<T>(kTermsAbove));
 
   for (int64_t j0 = 0; j0 < K; j0 += kForwardChunk) {
     const int64_t n = std::min(kForwardChunk, K - j0);
-    // Where every weight of the chunk is the same, the buffer holds C2 without it and the weight
-    // moves into the shift: one addition per term fewer.
-    V lw_chunk{};
-    const bool uniform = weights.uniform_rows(rows, j0, n, &lw_chunk);
-    V chunk_max_joint = broadcast(kNegInf<T>);
-    for (int64_t jj = 0; jj < n; ++jj) {
-      const int64_t j = j0 + jj;
-      const V lw = uniform ? lw_chunk : weights.rows(rows, M, j);
-      const T* mu = comp.mu + j * D;
-      const T* quad = comp.quadratic.data() + j * D;
-      const T* off = comp.offset.data() + j * D;
-      V* __restrict x = terms + jj * stride;
-      const V csum = sum_over_dims<V>(D, [&](int64_t d) {
-        const V t = zt[d] - mu[d];
-        const V c = off[d] + quad[d] * t * t;
-        x[d] = uniform ? c : lw + c;
-        return c;
-      });
-      joint[jj] = joint_term_nats<T>(lw, csum);
-      chunk_max_joint = vmax<T>(joint[jj], chunk_max_joint);
-    }
-    const V lw_shift = uniform ? lw_chunk : broadcast(T(0));
-    const auto chunk_sum = [&](int64_t d) {
-      const V shift = finite_or_zero<T>(ref_d[d]) - lw_shift;
-      V run = broadcast(T(0));
-      for (int64_t jj = 0; jj < n; ++jj) run += vexp2<T>(terms[jj * stride + d] - shift);
-      return run;
-    };
-    for (int64_t d = 0; d < D; ++d) {
-      V run = chunk_sum(d);
-      if (any_lane((ref_d[d] == broadcast(kNegInf<T>)) | ~(run <= above))) {
-        V chunk_max = broadcast(kNegInf<T>);
-        for (int64_t jj = 0; jj < n; ++jj) chunk_max = vmax<T>(terms[jj * stride + d], chunk_max);
-        raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift);
-        run = chunk_sum(d);
+    for (int64_t b = 0; b < count; ++b) {
+      const LaneBlock rows = rows_of(b);
+      const V* __restrict zb = zt + b * D;
+      V* __restrict ref_d = ref_all + b * D;
+      V* __restrict sum_d = sum_all + b * D;
+      // Where every weight of the chunk is the same, the buffer holds C2 without it and the weight
+      // moves into the shift: one addition per term fewer.
+      V lw_chunk{};
+      const bool uniform = weights.uniform_rows(rows, j0, n, &lw_chunk);
+      V chunk_max_joint = broadcast(kNegInf<T>);
+      for (int64_t jj = 0; jj < n; ++jj) {
+        const int64_t j = j0 + jj;
+        const V lw = uniform ? lw_chunk : weights.rows(rows, M, j);
+        const T* mu = comp.mu + j * D;
+        const T* quad = comp.quadratic.data() + j * D;
+        const T* off = comp.offset.data() + j * D;
+        V* __restrict x = terms + jj * stride;
+        const V csum = sum_over_dims<V>(D, [&](int64_t d) {
+          const V t = zb[d] - mu[d];
+          const V c = off[d] + quad[d] * t * t;
+          x[d] = uniform ? c : lw + c;
+          return c;
+        });
+        joint[jj] = joint_term_nats<T>(lw, csum);
+        chunk_max_joint = vmax<T>(joint[jj], chunk_max_joint);
       }
-      sum_d[d] += run;
+      const V lw_shift = uniform ? lw_chunk : broadcast(T(0));
+      const auto chunk_sum = [&](int64_t d) {
+        const V shift = finite_or_zero<T>(ref_d[d]) - lw_shift;
+        V run = broadcast(T(0));
+        for (int64_t jj = 0; jj < n; ++jj) run += vexp2<T>(terms[jj * stride + d] - shift);
+        return run;
+      };
+      for (int64_t d = 0; d < D; ++d) {
+        V run = chunk_sum(d);
+        if (any_lane((ref_d[d] == broadcast(kNegInf<T>)) | ~(run <= above))) {
+          V chunk_max = broadcast(kNegInf<T>);
+          for (int64_t jj = 0; jj < n; ++jj) chunk_max = vmax<T>(terms[jj * stride + d], chunk_max);
+          raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift);
+          run = chunk_sum(d);
+        }
+        sum_d[d] += run;
+      }
+      V& max_joint = joint_state[2 * b];
+      V& sum_joint = joint_state[2 * b + 1];
+      raise_maximum_nats<T>(max_joint, sum_joint, chunk_max_joint);
+      const V shift_joint = finite_or_zero<T>(max_joint);
+      V run_joint = broadcast(T(0));
+      for (int64_t jj = 0; jj < n; ++jj) run_joint += exp_of_difference<T>(joint[jj], shift_joint);
+      sum_joint += run_joint;
     }
-    raise_maximum_nats<T>(max_joint, sum_joint, chunk_max_joint);
-    const V shift_joint = finite_or_zero<T>(max_joint);
-    V run_joint = broadcast(T(0));
-    for (int64_t jj = 0; jj < n; ++jj) run_joint += exp_of_difference<T>(joint[jj], shift_joint);
-    sum_joint += run_joint;
   }
 
-  for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(finite_or_zero<T>(ref_d[d]), sum_d[d]);
-  scatter_transposed(sum_d, rows, D, log_qzd);
-  scatter_lanes(log_sum_nats<T>(finite_or_zero<T>(max_joint), sum_joint), rows, log_qz);
+  for (int64_t b = 0; b < count; ++b) {
+    V* __restrict sum_d = sum_all + b * D;
+    for (int64_t d = 0; d < D; ++d) sum_d[d] = log2_to_nats<T>(finite_or_zero<T>(ref_all[b * D + d]), sum_d[d]);
+    scatter_transposed(sum_d, rows_of(b), D, log_qzd);
+    scatter_lanes(log_sum_nats<T>(finite_or_zero<T>(joint_state[2 * b]), joint_state[2 * b + 1]), rows_of(b),
+                  log_qz);
+  }
 }
 
 // Saved forward outputs as the backward uses them: the joint as it is (nats), the marginals
@@ -657,8 +683,15 @@ void mixture_logdensity_forward(const T* z, const T* mu, const T* logvar, int64_
                                 int64_t D, const Weights& weights, T* log_qz, T* log_qzd,
                                 ParallelFor&& parallel_for) {
   const ComponentTable<T> comp(mu, logvar, K, D);
-  detail::for_each_lane_block<T>(M, parallel_for, [&](const LaneBlock& rows, detail::VecBuffer<T>& scratch) {
-    detail::forward_block(z, M, K, D, comp, weights, rows, log_qz, log_qzd, scratch);
+  const int64_t blocks = detail::num_blocks(M, kLanes<T>), group = detail::forward_group(blocks);
+  parallel_for(detail::num_blocks(blocks, group), [&](int64_t begin, int64_t end) {
+    const detail::FlushSubnormals flush;
+    detail::VecBuffer<T> scratch;
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t first = g * group;
+      detail::forward_blocks(z, M, K, D, comp, weights, first, std::min(group, blocks - first), log_qz, log_qzd,
+                             scratch);
+    }
   });
 }
 
