@@ -5,7 +5,7 @@
 //   log_qzd[i,d] = logsumexp_j( logw[i,j] + C[i,j,d] )             (per-dimension marginals)
 //
 // z is (M, D) queries, mu/logvar are (K, D) components, all row-major and contiguous. The cube is
-// never stored: extra memory is O((M + K) * D).
+// never stored: extra memory is O((M + K) * D) (the backward's partial sums: at most 8 (M + 2 K) D values).
 //
 // Forward: queries go in blocks of kLanes rows, one SIMD lane per query, one pass over the
 // components: each term is formed once and exponentiated once (see forward_block). The cube terms
@@ -474,7 +474,7 @@ struct SavedLog2 {
 struct TilePlan {
   static constexpr int64_t kMinBlocksPerRowTile = 4;  // amortises the sums across lanes
   static constexpr int64_t kMaxRowTiles = 8;
-  static constexpr int64_t kMaxColumnTiles = 16;  // bounds the partial sums of grad_z
+  static constexpr int64_t kMaxColumnTiles = 8;  // bounds the partial sums of grad_z (<= 8 M D values)
 
   int64_t row_tile, row_tiles, column_tile, column_tiles;
 
