@@ -161,16 +161,6 @@ struct DenseWeights {
     return out * static_cast<T>(kLog2E);
   }
   bool uniform_rows(const LaneBlock&, int64_t, int64_t, Vec<T>*) const { return false; }
-  Vec<T> columns(int64_t i, const LaneBlock& cols, int64_t K) const {
-    Vec<T> out{};
-    const T* row = log_weights + i * num_components;
-    if (cols.valid == kLanes<T>) {
-      std::memcpy(&out, row + cols.first, sizeof(out));
-    } else {
-      for (int l = 0; l < kLanes<T>; ++l) out[l] = row[cols.index(l, K)];
-    }
-    return out * static_cast<T>(kLog2E);
-  }
   static constexpr bool kDense = true;
 };
 
