@@ -361,11 +361,12 @@ void forward_blocks(const T* z, int64_t M, int64_t K, int64_t D, const Component
   using V = Vec<T>;
   constexpr int L = kLanes<T>;
   const int64_t stride = D | 1;  // an odd row stride: the column reads below spread over the cache sets
-  V* __restrict zt = scratch.reserve(count * (3 * D + 2) + kForwardChunk * stride + kForwardChunk);
+  V* __restrict zt = scratch.reserve(count * (3 * D + 2) + D + kForwardChunk * stride + kForwardChunk);
   V* __restrict ref_all = zt + count * D;       // the marginals' references m (base 2), per block
   V* __restrict sum_all = ref_all + count * D;  // their sums of 2^(x - m)
   V* __restrict joint_state = sum_all + count * D;     // per block: maximum and sum of the joint's terms
-  V* __restrict terms = joint_state + 2 * count;       // (kForwardChunk, stride): a chunk's marginal terms
+  V* __restrict runs = joint_state + 2 * count;        // (D,): a chunk's sums
+  V* __restrict terms = runs + D;                      // (kForwardChunk, stride): a chunk's marginal terms
   V* __restrict joint = terms + kForwardChunk * stride;  // (kForwardChunk,): its joint terms, nats
   const auto rows_of = [&](int64_t b) {
     const int64_t first = (first_block + b) * L;
@@ -417,16 +418,24 @@ void forward_blocks(const T* z, int64_t M, int64_t K, int64_t D, const Component
         for (int64_t jj = 0; jj < n; ++jj) run += vexp2<T>(terms[jj * stride + d] - shift);
         return run;
       };
+      // A target needs a new reference where it has none yet or the chunk's sum is too large (or
+      // NaN); one test for all targets, since that is rare after the first chunk.
+      const auto needs_reference = [&](int64_t d) { return (ref_d[d] == broadcast(kNegInf<T>)) | ~(runs[d] <= above); };
+      decltype(needs_reference(0)) any{};
       for (int64_t d = 0; d < D; ++d) {
-        V run = chunk_sum(d);
-        if (any_lane((ref_d[d] == broadcast(kNegInf<T>)) | ~(run <= above))) {
+        runs[d] = chunk_sum(d);
+        any |= needs_reference(d);
+      }
+      if (any_lane(any)) {
+        for (int64_t d = 0; d < D; ++d) {
+          if (!any_lane(needs_reference(d))) continue;
           V chunk_max = broadcast(kNegInf<T>);
           for (int64_t jj = 0; jj < n; ++jj) chunk_max = vmax<T>(terms[jj * stride + d], chunk_max);
           raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift);
-          run = chunk_sum(d);
+          runs[d] = chunk_sum(d);
         }
-        sum_d[d] += run;
       }
+      for (int64_t d = 0; d < D; ++d) sum_d[d] += runs[d];
       V& max_joint = joint_state[2 * b];
       V& sum_joint = joint_state[2 * b + 1];
       raise_maximum_nats<T>(max_joint, sum_joint, chunk_max_joint);
