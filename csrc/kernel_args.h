@@ -96,4 +96,39 @@ struct JackknifeBackwardArgs {
   T* grad_logvar;  // (K, D) output, rows 0..grad_components-1 written
 };
 
+// The jackknife estimate formed from those sums (tcestim/jackknife.py), CPU only, float64. One row per
+// query and target; for row r, with the weighted own term exp(log_a[r]), the small other terms
+// exp(log_shift[r]) u[k] (power_sums[r, q - 1] = sum_small u[k]^q, q = 1..series) and the big other
+// terms exp(log_big[e]), offsets[r] <= e < offsets[r + 1], of n others in all (each weighted for n):
+//   theta = log(own + sum of all others), loo = mean over k of theta_(k) - theta, pairs = mean over
+//   j < k of theta_(jk) - theta, theta_(...) leaving those others out and rescaling the rest to n,
+//   estimate[o, r] = theta + loo_weights[o] loo + pair_weights[o] pairs   (theta where theta = -inf).
+// The leave-outs of big terms are exact sums; those of small terms go through the log1p series of
+// the power sums. All in nats.
+struct JackknifeRows {
+  const double* log_a;         // (R,)
+  const double* log_shift;     // (R,)
+  const double* power_sums;    // (R, series)
+  const double* log_big;       // (E,)
+  const int64_t* offsets;      // (R + 1,), offsets[0] = 0, nondecreasing, offsets[R] = E
+  const double* loo_weights;   // (orders,)
+  const double* pair_weights;  // (orders,) all 0 unless n >= 3
+  int64_t rows, series, n, orders;
+};
+
+struct JackknifeEstimateArgs {
+  JackknifeRows in;
+  double* estimate;  // (orders, R) output
+};
+
+// Gradients of sum(grad * estimate) with respect to log_a, power_sums and log_big (log_shift is a
+// constant: the reference of the power sums).
+struct JackknifeEstimateBackwardArgs {
+  JackknifeRows in;
+  const double* grad;        // (orders, R)
+  double* grad_log_a;        // (R,) output
+  double* grad_power_sums;   // (R, series) output
+  double* grad_log_big;      // (E,) output
+};
+
 }  // namespace tcestim

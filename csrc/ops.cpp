@@ -37,6 +37,12 @@ TORCH_LIBRARY(tcestim, m) {
         "-> (Tensor, Tensor, Tensor, Tensor)");
   m.def("jackknife_sums_backward(Tensor grad_power_sums, Tensor z, Tensor mu, Tensor logvar, Tensor shift, "
         "Tensor log2_threshold, SymInt grad_components=-1) -> (Tensor, Tensor, Tensor)");
+  // The jackknife estimate from those sums (kernel_args.h, JackknifeRows), CPU only, float64: one row
+  // per query and target, output (orders, R), one row per (loo_weights, pair_weights) pair.
+  m.def("jackknife_estimate(Tensor log_a, Tensor log_shift, Tensor power_sums, Tensor log_big, Tensor big_offsets, "
+        "int n, float[] loo_weights, float[] pair_weights) -> Tensor");
+  m.def("jackknife_estimate_backward(Tensor grad, Tensor log_a, Tensor log_shift, Tensor power_sums, Tensor log_big, "
+        "Tensor big_offsets, int n, float[] loo_weights, float[] pair_weights) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str");
   m.def("supported_cpu_isas() -> str[]");
   m.def("set_cpu_isa(str name) -> ()");
