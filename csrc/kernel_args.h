@@ -58,11 +58,15 @@ struct BackwardArgs {
 // the joint, r = 1 + d the marginal of dimension d) the "other" terms are, in base 2,
 //   x[k] = sum_d C2[i,k,d] (r = 0)  or  C2[i,k,d] (r = 1 + d),   k != i,
 // and with the shift m = max_k x[k] (0 if that is -inf), u[k] = 2^(x[k] - m) <= 1:
-//   big terms:   x[k] - m > log2_threshold = log2(kJackknifeBigFraction * sum_{k != argmax} u[k]),
-//                at most kJackknifeMaxBig of them, their component indices listed (the rest -1);
+//   big terms:   x[k] - m > log2_threshold = max(log2(kJackknifeBigFraction * sum_{k != argmax} u[k]),
+//                lowest + 1) (argmax: the first largest; lowest + 1 = -126 in float, -1022 in double),
+//                at most kJackknifeMaxBig of them, their component indices listed in increasing order
+//                (the rest -1);
 //   small terms: the others, through power_sums[q - 1] = sum_small u[k]^q, q = 1..kJackknifeSeries.
 // Every small term is at most 1/64 of the sum of all terms but the largest, so that the series of
-// the leave-one- and leave-two-out logarithms converge fast. Rows are (M, D + 1) of targets.
+// the leave-one- and leave-two-out logarithms converge fast, or else below 2^(lowest + 1), where exp2
+// flushes u to 0 (without that floor, a sum of others flushed to 0 made every term big). Rows are
+// (M, D + 1) of targets.
 constexpr int64_t kJackknifeSeries = 8;
 constexpr double kJackknifeBigFraction = 1.0 / 64;
 constexpr int64_t kJackknifeMaxBig = 72;  // > 1 / kJackknifeBigFraction + 1, with room for rounding
