@@ -80,6 +80,7 @@ struct JackknifeArgs {
   T* shift;             // (M, D + 1) output: m (base 2)
   T* log2_threshold;    // (M, D + 1) output
   int64_t* big_index;   // (M, D + 1, kJackknifeMaxBig) output, -1 padded
+  int64_t* big_count;   // (M, D + 1) output: how many big terms
   T* power_sums;        // (M, D + 1, kJackknifeSeries) output
 };
 

@@ -151,7 +151,7 @@ def _register() -> None:
     def _(z, mu, logvar, grad_components=-1):
         rows = (z.shape[0], z.shape[1] + 1)
         return (z.new_empty(rows), z.new_empty(rows), z.new_empty((*rows, JACKKNIFE_MAX_BIG), dtype=torch.int64),
-                z.new_empty((*rows, JACKKNIFE_SERIES)))
+                z.new_empty(rows, dtype=torch.int64), z.new_empty((*rows, JACKKNIFE_SERIES)))
 
     @torch.library.register_fake("tcestim::jackknife_sums_backward")
     def _(grad_power_sums, z, mu, logvar, shift, log2_threshold, grad_components=-1):
@@ -159,12 +159,12 @@ def _register() -> None:
 
     def setup_jackknife(ctx, inputs, output):
         z, mu, logvar, *rest = inputs
-        shift, log2_threshold, big_index, _ = output
-        ctx.mark_non_differentiable(shift, log2_threshold, big_index)
+        shift, log2_threshold, big_index, big_count, _ = output
+        ctx.mark_non_differentiable(shift, log2_threshold, big_index, big_count)
         ctx.save_for_backward(z, mu, logvar, shift, log2_threshold)
         ctx.grad_components = rest[0] if rest else -1
 
-    def backward_jackknife(ctx, _shift, _threshold, _big, grad_power_sums):
+    def backward_jackknife(ctx, _shift, _threshold, _big, _count, grad_power_sums):
         z, mu, logvar, shift, log2_threshold = ctx.saved_tensors
         if grad_power_sums is None:
             grad_power_sums = z.new_zeros((*shift.shape, JACKKNIFE_SERIES))

@@ -31,9 +31,9 @@ pairs; each pair enters the result with weight about (1 - n/P)^2 <= 1, so the re
 than 3e-6 nats at n = 4352. Cost O(K) per output element.
 
 Fused (CPU, the compiled kernels loaded, no torch.func transform): the cube is never stored. The
-kernel ``tcestim::jackknife_sums`` (csrc/cpu/jackknife.h) returns, per query and target, the
-indices of the "big" other terms (each more than 1/64 of the sum of all others but the largest; at
-most 65) and the power sums u^1..u^8 of the others, relative to the largest; the kernel
+kernel ``tcestim::jackknife_sums`` (csrc/cpu/jackknife.h) returns, per query and target, the number
+and indices of the "big" other terms (each more than 1/64 of the sum of all others but the largest;
+at most 65) and the power sums u^1..u^8 of the others, relative to the largest; the kernel
 ``tcestim::jackknife_estimate`` (csrc/cpu/jackknife_estimate.cpp) then forms the estimate per query
 and target in float64 from those sums and the big terms, recomputed here from their components: the
 same formulas as above with the big terms in place of the ``TOP_TERMS`` largest. Every small term
@@ -346,20 +346,18 @@ def _fused_log_densities_by_order(z, mu, logvar, weights: StructuredLogWeights, 
     B, D = z.shape
     n = mu.shape[0] - 1
     R = D + 1
-    shift2, _, big_index, power_sums = torch.ops.tcestim.jackknife_sums(z, mu, logvar, grad_components)
+    shift2, _, big_index, big_count, power_sums = torch.ops.tcestim.jackknife_sums(z, mu, logvar, grad_components)
     own = log_normal_diag(z, mu[:B], logvar[:B])                                               # (B, D)
     log_a = torch.cat([own.sum(1, keepdim=True), own], 1).double() + weights.self              # (B, R)
     # The big terms, recomputed from their components, one entry each, ordered by row (query, target).
-    counts = (big_index >= 0).sum(-1).view(-1)                                                 # (B R,)
-    T = int(counts.max()) if counts.numel() else 0
-    index = big_index[..., :T].reshape(B * R, T)
-    row, slot = (index >= 0).nonzero(as_tuple=True)
-    component = index[row, slot]
+    counts = big_count.view(-1)                                                                # (B R,)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    row = torch.repeat_interleave(counts)
+    component = big_index.view(B * R, -1)[row, torch.arange(row.numel()) - offsets[row]]
     query, target = row // R, row % R
     terms = log_normal_diag(z[query], mu[component], logvar[component])                       # (E, D)
     dim = (target - 1).clamp_min(0)
     x = torch.where(target == 0, terms.sum(1), terms.gather(1, dim[:, None]).squeeze(1))
-    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     log_shift = shift2.double() * _LN2 + weights.other
     extrapolation = [extrapolation_weights(n, population, min(order, n - 1)) for order in orders]
     estimates = torch.ops.tcestim.jackknife_estimate(

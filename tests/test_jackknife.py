@@ -277,8 +277,9 @@ def test_jackknife_sums_opcheck(backend):
         pytest.skip("the fused jackknife sums are CPU kernels")
     z, mu, logvar = (t.requires_grad_() for t in bank_inputs(5, 90, 3, seed=23))
     torch.library.opcheck(torch.ops.tcestim.jackknife_sums.default, (z, mu, logvar))
-    shift, threshold, big, sums = (t.detach() for t in torch.ops.tcestim.jackknife_sums(z, mu, logvar))
+    shift, threshold, big, count, sums = (t.detach() for t in torch.ops.tcestim.jackknife_sums(z, mu, logvar))
     assert big.shape[:2] == (5, 4) and bool((big >= 0).any()) and bool((sums[..., 0] > 0).all())
+    assert torch.equal(big >= 0, torch.arange(big.shape[-1]) < count[..., None])  # listed first, -1 after
     torch.library.opcheck(torch.ops.tcestim.jackknife_sums_backward.default,
                           (torch.randn_like(sums), z.detach(), mu.detach(), logvar.detach(), shift, threshold))
 

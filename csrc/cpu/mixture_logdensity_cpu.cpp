@@ -61,8 +61,8 @@ void check_jackknife_inputs(const char* op, const Tensor& z, const Tensor& mu, c
               mu.size(0), " and M = ", z.size(0));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const Tensor& mu, const Tensor& logvar,
-                                                          int64_t grad_components) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const Tensor& mu,
+                                                                  const Tensor& logvar, int64_t grad_components) {
   constexpr const char* op = "jackknife_sums";
   check_jackknife_inputs(op, z, mu, logvar);
   binding::check_grad_components(op, grad_components, mu.size(0));
@@ -71,15 +71,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const
   Tensor shift = at::empty({M, R}, z.options());
   Tensor threshold = at::empty({M, R}, z.options());
   Tensor big = at::empty({M, R, kJackknifeMaxBig}, z.options().dtype(at::kLong));
+  Tensor count = at::empty({M, R}, z.options().dtype(at::kLong));
   Tensor sums = at::empty({M, R, kJackknifeSeries}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), op, [&] {
     const JackknifeArgs<scalar_t> args{zc.const_data_ptr<scalar_t>(), muc.const_data_ptr<scalar_t>(),
                                        lvc.const_data_ptr<scalar_t>(), M, K, D,
                                        shift.mutable_data_ptr<scalar_t>(), threshold.mutable_data_ptr<scalar_t>(),
-                                       big.mutable_data_ptr<int64_t>(), sums.mutable_data_ptr<scalar_t>()};
+                                       big.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>(),
+                                       sums.mutable_data_ptr<scalar_t>()};
     cpu::active_kernels<scalar_t>().jackknife_forward(args, kParallelFor);
   });
-  return {shift, threshold, big, sums};
+  return {shift, threshold, big, count, sums};
 }
 
 std::tuple<Tensor, Tensor, Tensor> jackknife_sums_backward(const Tensor& grad_sums, const Tensor& z, const Tensor& mu,

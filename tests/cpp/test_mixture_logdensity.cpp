@@ -305,9 +305,9 @@ void naive_jackknife_sums(const Problem& p, const std::vector<double>* shift_nat
 void check_jackknife(const std::string& name, Problem p) {
   const int64_t M = p.M, K = p.K, D = p.D, R = D + 1, Q = tcestim::kJackknifeSeries, B = tcestim::kJackknifeMaxBig;
   std::vector<double> shift(M * R), thr(M * R), sums(M * R * Q);
-  std::vector<int64_t> big(M * R * B);
+  std::vector<int64_t> big(M * R * B), count(M * R);
   const tcestim::JackknifeArgs<double> args{p.z.data(), p.mu.data(), p.logvar.data(), M, K, D,
-                                            shift.data(), thr.data(), big.data(), sums.data()};
+                                            shift.data(), thr.data(), big.data(), count.data(), sums.data()};
   tcestim::cpu::kernels<double>(g_isa).jackknife_forward(args, threaded);
   std::vector<double> want_shift, want_sums, want_threshold;
   std::vector<std::vector<int64_t>> want_big;
@@ -318,7 +318,7 @@ void check_jackknife(const std::string& name, Problem p) {
     expect_close((name + " threshold").c_str(), thr[row], want_threshold[row], 1e-12, 1e-12);
     std::vector<int64_t> got;
     for (int64_t b = 0; b < B && big[row * B + b] >= 0; ++b) got.push_back(big[row * B + b]);
-    if (got != want_big[row]) {
+    if (got != want_big[row] || count[row] != static_cast<int64_t>(got.size())) {
       std::printf("FAIL %s: big terms of row %ld differ (%zu vs %zu)\n", name.c_str(), long(row), got.size(),
                   want_big[row].size());
       ++g_failures;
