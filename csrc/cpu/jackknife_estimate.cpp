@@ -52,7 +52,7 @@ double series(double r, const double* p, int64_t Q) {
 class Row {
  public:
   Row(const JackknifeRows& in, std::vector<double>& buffer, std::vector<int64_t>& order, int64_t r)
-      : in_(in), Q_(in.series), count_(in.offsets[r + 1] - in.offsets[r]), order_(order) {
+      : Q_(in.series), count_(in.offsets[r + 1] - in.offsets[r]), order_(order) {
     const double la = in.log_a[r], ls = in.log_shift[r];
     top_ = std::isnan(la) || std::isnan(ls) ? 0.0 : std::max(la, ls);
     if (!std::isfinite(top_)) top_ = 0.0;
@@ -253,7 +253,7 @@ class Row {
   // scale / y of small(): d_x = 1 / y, as kept >= rest > 0 where there are small terms.
   double ratio(double scale, const LogSum& y) const { return has_rest_ ? scale * y.d_x : 0.0; }
 
-  // With kept = total, log y - full = log1p((scale - 1) total / full) without the cancellation of
+  // With kept = total, log y - full = log1p((scale - 1) total e^-full), without the cancellation of
   // two logarithms (c of them weigh up to 1e6 with the extrapolation weights of n ~ 1000).
   double small(int m, double kept, double c, const double* p, bool kept_is_total) const {
     const LogSum y = log_sum(scale_[m] * kept);
@@ -261,8 +261,8 @@ class Row {
     return c * log_ratio + series(ratio(scale_[m], y), p, Q_);
   }
 
-  // The gradient of g small(scale, kept, c, p, kept_is_total): into g_p, g_a_ and g_full; returns that
-  // of kept. With kept = total, log y - full is differentiated as one difference, for the same reason.
+  // The gradient of g small(m, kept, c, p, kept_is_total): into g_p, g_a_ and g_full; returns that of
+  // kept. With kept = total, log y - full is differentiated as one difference, for the same reason.
   double small_grad(double g, int m, double kept, double c, const double* p, double* g_p, double& g_full,
                     bool kept_is_total) {
     const double scale = scale_[m];
@@ -287,7 +287,6 @@ class Row {
     return g_kept + g_y * y.d_x * scale;
   }
 
-  const JackknifeRows& in_;
   int64_t Q_, count_;
   std::vector<int64_t>& order_;
   double top_, a_, exp_a_, sigma_, n_, n_rest_, rest_, total_, g_a_ = 0;
