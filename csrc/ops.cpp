@@ -32,11 +32,17 @@ TORCH_LIBRARY(tcestim, m) {
         "Tensor mu, Tensor logvar, Tensor log_weights, Tensor log_qz, Tensor log_qzd, "
         "SymInt grad_components=-1) -> (Tensor, Tensor, Tensor, Tensor)");
   // The jackknife's sums (kernel_args.h, JackknifeArgs; tcestim/jackknife.py), CPU only: the queries'
-  // own components are mu[:M]. Outputs (shift, log2_threshold, big_index, power_sums).
+  // own components are mu[:M]. Outputs (shift, log2_threshold, big_index, big_count, power_sums).
   m.def("jackknife_sums(Tensor z, Tensor mu, Tensor logvar, SymInt grad_components=-1) "
-        "-> (Tensor, Tensor, Tensor, Tensor)");
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("jackknife_sums_backward(Tensor grad_power_sums, Tensor z, Tensor mu, Tensor logvar, Tensor shift, "
         "Tensor log2_threshold, SymInt grad_components=-1) -> (Tensor, Tensor, Tensor)");
+  // The jackknife estimate from those sums (kernel_args.h, JackknifeRows), CPU only, float64: one row
+  // per query and target, output (orders, R), one row per (loo_weights, pair_weights) pair.
+  m.def("jackknife_estimate(Tensor log_a, Tensor log_shift, Tensor power_sums, Tensor log_big, Tensor big_offsets, "
+        "int n, float[] loo_weights, float[] pair_weights) -> Tensor");
+  m.def("jackknife_estimate_backward(Tensor grad, Tensor log_a, Tensor log_shift, Tensor power_sums, Tensor log_big, "
+        "Tensor big_offsets, int n, float[] loo_weights, float[] pair_weights) -> (Tensor, Tensor, Tensor)");
   m.def("cpu_isa() -> str");
   m.def("supported_cpu_isas() -> str[]");
   m.def("set_cpu_isa(str name) -> ()");

@@ -44,6 +44,16 @@ def _constant_from(t: torch.Tensor, grad_components: int) -> torch.Tensor:
     return torch.cat([t[:grad_components], t[grad_components:].detach()])
 
 
+def _first_order_only(grads, inputs):
+    """The gradients of a jackknife operator as they are, or (``create_graph=True``) tied to ``inputs``
+    by an exact zero, so that a second differentiation reaches tcestim.jackknife's refusal (the
+    jackknife gives first-order gradients only) rather than a tensor without a graph."""
+    if not torch.is_grad_enabled():
+        return grads
+    anchor = sum(t.reshape(-1)[:0].sum() for t in inputs)
+    return tuple(g + anchor for g in grads)
+
+
 def _differentiable_vjp(inputs, needs_grad, log_weights, grad_log_qz, grad_log_qzd, grad_components=-1):
     """The vector-Jacobian product of the mixture log-densities, recomputed through the fallback so
     that it can be differentiated again (called from a backward run with create_graph=True)."""
@@ -141,7 +151,7 @@ def _register() -> None:
     def _(z, mu, logvar, grad_components=-1):
         rows = (z.shape[0], z.shape[1] + 1)
         return (z.new_empty(rows), z.new_empty(rows), z.new_empty((*rows, JACKKNIFE_MAX_BIG), dtype=torch.int64),
-                z.new_empty((*rows, JACKKNIFE_SERIES)))
+                z.new_empty(rows, dtype=torch.int64), z.new_empty((*rows, JACKKNIFE_SERIES)))
 
     @torch.library.register_fake("tcestim::jackknife_sums_backward")
     def _(grad_power_sums, z, mu, logvar, shift, log2_threshold, grad_components=-1):
@@ -149,25 +159,41 @@ def _register() -> None:
 
     def setup_jackknife(ctx, inputs, output):
         z, mu, logvar, *rest = inputs
-        shift, log2_threshold, big_index, _ = output
-        ctx.mark_non_differentiable(shift, log2_threshold, big_index)
+        shift, log2_threshold, big_index, big_count, _ = output
+        ctx.mark_non_differentiable(shift, log2_threshold, big_index, big_count)
         ctx.save_for_backward(z, mu, logvar, shift, log2_threshold)
         ctx.grad_components = rest[0] if rest else -1
 
-    def backward_jackknife(ctx, _shift, _threshold, _big, grad_power_sums):
+    def backward_jackknife(ctx, _shift, _threshold, _big, _count, grad_power_sums):
         z, mu, logvar, shift, log2_threshold = ctx.saved_tensors
         if grad_power_sums is None:
             grad_power_sums = z.new_zeros((*shift.shape, JACKKNIFE_SERIES))
         grads = torch.ops.tcestim.jackknife_sums_backward(grad_power_sums, z, mu, logvar, shift, log2_threshold,
                                                           ctx.grad_components)
-        if torch.is_grad_enabled():
-            # create_graph=True: first-order gradients only (tcestim.jackknife refuses a second
-            # differentiation); tied to the inputs so that such an attempt reaches that refusal.
-            anchor = 0.0 * (z.sum() + mu.sum() + logvar.sum())
-            grads = tuple(g + anchor for g in grads)
-        return (*grads, None)
+        return (*_first_order_only(grads, (z, mu, logvar)), None)
+
+    @torch.library.register_fake("tcestim::jackknife_estimate")
+    def _(log_a, log_shift, power_sums, log_big, big_offsets, n, loo_weights, pair_weights):
+        return log_a.new_empty((len(loo_weights), log_a.shape[0]))
+
+    @torch.library.register_fake("tcestim::jackknife_estimate_backward")
+    def _(grad, log_a, log_shift, power_sums, log_big, big_offsets, n, loo_weights, pair_weights):
+        return _contiguous_like(log_a), _contiguous_like(power_sums), _contiguous_like(log_big)
+
+    def setup_jackknife_estimate(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:5])
+        ctx.constants = inputs[5:]
+
+    def backward_jackknife_estimate(ctx, grad):
+        log_a, log_shift, power_sums, log_big, big_offsets = ctx.saved_tensors
+        grads = torch.ops.tcestim.jackknife_estimate_backward(grad, log_a, log_shift, power_sums, log_big, big_offsets,
+                                                              *ctx.constants)
+        grad_log_a, grad_power_sums, grad_log_big = _first_order_only(grads, (log_a, power_sums, log_big))
+        return grad_log_a, None, grad_power_sums, grad_log_big, None, None, None, None
 
     torch.library.register_autograd("tcestim::jackknife_sums", backward_jackknife, setup_context=setup_jackknife)
+    torch.library.register_autograd("tcestim::jackknife_estimate", backward_jackknife_estimate,
+                                    setup_context=setup_jackknife_estimate)
     torch.library.register_autograd(
         "tcestim::mixture_logdensity", backward_structured, setup_context=setup_structured)
     torch.library.register_autograd(

@@ -31,14 +31,16 @@ pairs; each pair enters the result with weight about (1 - n/P)^2 <= 1, so the re
 than 3e-6 nats at n = 4352. Cost O(K) per output element.
 
 Fused (CPU, the compiled kernels loaded, no torch.func transform): the cube is never stored. The
-kernel ``tcestim::jackknife_sums`` (csrc/cpu/jackknife.h) returns, per query and target, the
-indices of the "big" other terms (each more than 1/64 of the sum of all others but the largest; at
-most 65) and the power sums u^1..u^8 of the others, relative to the largest; the estimate is then
-formed here, in float64, from those sums and the big terms recomputed from their components: the
+kernel ``tcestim::jackknife_sums`` (csrc/cpu/jackknife.h) returns, per query and target, the number
+and indices of the "big" other terms (each more than 1/64 of the sum of all others but the largest;
+at most 65) and the power sums u^1..u^8 of the others, relative to the largest; the kernel
+``tcestim::jackknife_estimate`` (csrc/cpu/jackknife_estimate.cpp) then forms the estimate per query
+and target in float64 from those sums and the big terms, recomputed here from their components: the
 same formulas as above with the big terms in place of the ``TOP_TERMS`` largest. Every small term
 is at most 1/64 of what any pair's series is expanded around, so the series (8 terms) err by less
-than 1e-13 relative. Gradients: the power sums' backward is a kernel (a Horner polynomial per cube
-element, the mixture's two backward sweeps); the big and own terms are differentiated here.
+than 1e-13 relative. Gradients: both kernels have hand-written backward kernels (the power sums': a
+Horner polynomial per cube element in the mixture's two backward sweeps; the estimate's: per row);
+the big and own terms are differentiated here.
 """
 from __future__ import annotations
 
@@ -336,135 +338,33 @@ def _jackknife_by_order(z, components_mu, components_logvar, dataset_size: int, 
     return {order: (torch.cat(joint[order]), torch.cat(marginals[order])) for order in orders}
 
 
-def _log1m_series_sums(ratio: torch.Tensor, power_sums: torch.Tensor) -> torch.Tensor:
-    """sum_j log(1 - ratio v_j) = -sum_q ratio^q p_q / q from the power sums (..., Q) of v."""
-    q = torch.arange(1, power_sums.shape[-1] + 1, dtype=ratio.dtype, device=ratio.device)
-    return -(ratio.unsqueeze(-1) ** q * power_sums / q).sum(-1)
-
-
-def _pair_power_sums_tensor(power_sums: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """sum_{j<k} (v_j + v_k)^q, q = 1..Q, from the power sums (R, Q) of ``count`` (R,) values:
-    (sum_i binom(q, i) p_i p_(q-i) - 2^q p_q) / 2 with p_0 = count, as one contraction."""
-    Q = power_sums.shape[-1]
-    p = torch.cat([count[:, None], power_sums], 1)                                   # (R, Q + 1)
-    products = (p[:, :, None] * p[:, None, :]).reshape(p.shape[0], -1)                # (R, (Q + 1)^2)
-    return 0.5 * (products @ _pair_matrix(Q, p.dtype, p.device) - 2.0 ** torch.arange(
-        1, Q + 1, dtype=p.dtype, device=p.device) * power_sums)
-
-
-def _pair_matrix(Q: int, dtype, device) -> torch.Tensor:
-    """((Q + 1)^2, Q): entry (i (Q + 1) + k, q - 1) = binom(q, i) where i + k = q."""
-    m = torch.zeros((Q + 1) ** 2, Q, dtype=dtype)
-    for q in range(1, Q + 1):
-        for i in range(q + 1):
-            m[i * (Q + 1) + (q - i), q - 1] = math.comb(q, i)
-    return m.to(device)
-
-
-def _fused_rows(log_a, log_shift, power_sums, n: int, with_pairs: bool, row, slot, log_big, slots: int):
-    """theta, mean_k theta_(k) - theta and (with_pairs) mean_jk theta_(jk) - theta per row, as
-    _row_means, from the power sums (rows, Q) of the small terms relative to exp(log_shift) and the
-    big terms, one entry each: row (E,), slot (E,) its place among the row's ``slots``, log_big (E,)
-    (log, weighted). Float64. Most rows have no or one big term: per-entry work is O(E), and only
-    the rows with two or more get the (slots, slots) work of the pairs among big terms."""
-    R = log_a.shape[0]
-    top_log = torch.maximum(log_a, log_shift).detach()
-    top_log = torch.where(torch.isfinite(top_log), top_log, torch.zeros_like(top_log))
-    log_a = log_a - top_log
-    sigma = torch.exp(log_shift - top_log).detach()
-    powers = sigma[:, None] ** torch.arange(1, power_sums.shape[1] + 1, dtype=sigma.dtype, device=sigma.device)
-    sums = power_sums * powers                                                                 # (R, Q)
-    rest_total = sums[:, 0]
-    count = torch.bincount(row, minlength=R)
-    n_rest = n - count.to(log_a.dtype)
-    has_rest = rest_total > 0
-
-    v = torch.exp(log_big - top_log[row])                                                      # (E,)
-    total = torch.zeros_like(log_a).index_add(0, row, v) + rest_total
-    log_full = torch.logaddexp(log_a, _safe_log(total))
-    theta = top_log + log_full
-
-    # The other big terms of each entry's row, summed exactly (masked sums over the rows with two or more).
-    multi = (count >= 2).nonzero().squeeze(1)
-    place = torch.full((R,), -1, dtype=torch.long, device=row.device).index_put(
-        (multi,), torch.arange(multi.numel(), device=row.device))
-    in_multi = place[row] >= 0
-    m_row, m_slot = place[row][in_multi], slot[in_multi]
-    v_multi = torch.zeros(multi.numel(), slots, dtype=v.dtype, device=v.device).index_put((m_row, m_slot), v[in_multi])
-    valid_multi = torch.zeros(multi.numel(), slots, dtype=torch.bool, device=v.device).index_put(
-        (m_row, m_slot), torch.ones_like(m_row, dtype=torch.bool))
-    eye = torch.eye(slots, dtype=torch.bool, device=v.device)
-    others_multi = v_multi.unsqueeze(1).expand(-1, slots, -1).masked_fill(eye, 0.0).sum(-1)   # (Rm, slots)
-    others = torch.zeros_like(v).index_put((in_multi.nonzero().squeeze(1),), others_multi[m_row, m_slot])
-    a_e, full_e, rest_e, n_rest_e = log_a[row], log_full[row], rest_total[row], n_rest[row]
-
-    scale1 = n / (n - 1)
-    loo_big = torch.logaddexp(a_e, _safe_log(scale1 * (others + rest_e))) - full_e
-    loo_sum = torch.zeros_like(log_a).index_add(0, row, loo_big)
-    log_y1 = torch.logaddexp(log_a, _safe_log(scale1 * total))
-    ratio1 = torch.where(has_rest, scale1 * torch.exp(-log_y1), torch.zeros_like(log_y1))
-    loo_sum = loo_sum + torch.where(n_rest > 0, n_rest * (log_y1 - log_full) + _log1m_series_sums(ratio1, sums),
-                                    torch.zeros_like(log_y1))
-    if not with_pairs:
-        return theta, loo_sum / n, None
-
-    scale2 = n / (n - 2)
-    # Pairs among the big terms, as _row_means: the pair of the two largest keeps the sum from the third on.
-    order = v_multi.argsort(1, descending=True)
-    top, top_valid = v_multi.gather(1, order), valid_multi.gather(1, order)
-    remaining = others_multi.gather(1, order)[:, :, None] - top[:, None, :]
-    if slots >= 2:
-        remaining[:, 0, 1] = top[:, 2:].sum(1)
-    pairs = torch.triu(torch.ones(slots, slots, dtype=torch.bool, device=v.device), diagonal=1) \
-        & top_valid[:, :, None] & top_valid[:, None, :]
-    pair_logs = torch.logaddexp(log_a[multi, None, None],
-                                _safe_log(scale2 * (remaining.clamp_min(0.0) + rest_total[multi, None, None])))
-    pair_multi = (pair_logs - log_full[multi, None, None]).masked_fill(~pairs, 0.0).sum((1, 2))
-    pair_sum = torch.zeros_like(log_full).index_put((multi,), pair_multi)
-    # Pairs (big i, small j) and pairs among the small terms, through the series.
-    log_y_i = torch.logaddexp(a_e, _safe_log(scale2 * (others + rest_e)))
-    ratio_i = torch.where(has_rest[row], scale2 * torch.exp(-log_y_i), torch.zeros_like(log_y_i))
-    big_rest = torch.where(n_rest_e > 0, n_rest_e * (log_y_i - full_e) + _log1m_series_sums(ratio_i, sums[row]),
-                           torch.zeros_like(log_y_i))
-    pair_sum = pair_sum.index_add(0, row, big_rest)
-    log_y = torch.logaddexp(log_a, _safe_log(scale2 * total))
-    ratio = torch.where(has_rest, scale2 * torch.exp(-log_y), torch.zeros_like(log_y))
-    rest_pairs = 0.5 * n_rest * (n_rest - 1)
-    among_rest = rest_pairs * (log_y - log_full) + _log1m_series_sums(ratio, _pair_power_sums_tensor(sums, n_rest))
-    pair_sum = pair_sum + torch.where(n_rest >= 2, among_rest, torch.zeros_like(log_y))
-    return theta, loo_sum / n, pair_sum / math.comb(n, 2)
-
-
 def _fused_log_densities_by_order(z, mu, logvar, weights: StructuredLogWeights, population: int, orders,
                                   grad_components: int) -> dict:
-    """{order: (log_qz, log_qzd)} from the fused kernel's sums (see the module docstring)."""
+    """{order: (log_qz, log_qzd)} from the fused kernels (see the module docstring): the sums of
+    ``tcestim::jackknife_sums``, the own and big terms recomputed here from their components, and
+    the estimate formed by ``tcestim::jackknife_estimate``, one row per query and target (joint first)."""
     B, D = z.shape
     n = mu.shape[0] - 1
-    shift2, _, big_index, power_sums = torch.ops.tcestim.jackknife_sums(z, mu, logvar, grad_components)
     R = D + 1
-    # The own terms, joint and marginals: (B, R).
-    own = log_normal_diag(z, mu[:B], logvar[:B])
-    log_a = torch.cat([own.sum(1, keepdim=True), own], 1).double() + weights.self
-    # The big terms, recomputed here from their components, one entry each.
-    T = int((big_index >= 0).sum(-1).max()) if big_index.numel() else 0
-    index = big_index[..., :T].reshape(B * R, T)
-    row, slot = (index >= 0).nonzero(as_tuple=True)
-    component = index[row, slot]
+    shift2, _, big_index, big_count, power_sums = torch.ops.tcestim.jackknife_sums(z, mu, logvar, grad_components)
+    own = log_normal_diag(z, mu[:B], logvar[:B])                                               # (B, D)
+    log_a = torch.cat([own.sum(1, keepdim=True), own], 1).double() + weights.self              # (B, R)
+    # The big terms, recomputed from their components, one entry each, ordered by row (query, target).
+    counts = big_count.view(-1)                                                                # (B R,)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    row = torch.repeat_interleave(counts)
+    component = big_index.view(B * R, -1)[row, torch.arange(row.numel()) - offsets[row]]
     query, target = row // R, row % R
     terms = log_normal_diag(z[query], mu[component], logvar[component])                       # (E, D)
     dim = (target - 1).clamp_min(0)
     x = torch.where(target == 0, terms.sum(1), terms.gather(1, dim[:, None]).squeeze(1))
     log_shift = shift2.double() * _LN2 + weights.other
-    effective = {order: min(order, n - 1) for order in orders}
-    extrapolation = {order: extrapolation_weights(n, population, e) for order, e in effective.items()}
-    theta, loo, pairs = _fused_rows(log_a.reshape(-1), log_shift.reshape(-1), power_sums.reshape(B * R, -1).double(),
-                                    n, max(effective.values()) == 2, row, slot, x.double() + weights.other, T)
-    vanishing = torch.isneginf(theta)
+    extrapolation = [extrapolation_weights(n, population, min(order, n - 1)) for order in orders]
+    estimates = torch.ops.tcestim.jackknife_estimate(
+        log_a.view(-1), log_shift.view(-1), power_sums.view(B * R, -1).double(), x.double() + weights.other, offsets,
+        n, [w1 for w1, _ in extrapolation], [w2 for _, w2 in extrapolation])
     out = {}
-    for order, (w1, w2) in extrapolation.items():
-        rows = theta if (w1, w2) == (0.0, 0.0) else torch.where(
-            vanishing, theta, theta + w1 * loo + (w2 * pairs if w2 else 0.0))
-        rows = rows.view(B, R).to(z.dtype)
+    for order, rows in zip(orders, estimates.to(z.dtype).view(len(orders), B, R)):
         out[order] = (rows[:, 0], rows[:, 1:])
     return out
 

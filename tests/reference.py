@@ -110,7 +110,7 @@ def jackknife_row(log_own, log_others, population, order=2):
     means = [theta, np.mean([estimate((k,)) for k in range(n)])]
     if order == 2:
         means.append(np.mean([estimate(pair) for pair in itertools.combinations(range(n), 2)]))
-    xs = [1.0 / m - 1.0 / population for m in (n, n - 1, n - 2)][: order + 1]
+    xs = [1.0 / m - 1.0 / population for m in (n, n - 1, n - 2)[: order + 1]]
     lagrange = [np.prod([-xs[j] / (xs[i] - xs[j]) for j in range(len(xs)) if j != i]) for i in range(len(xs))]
     return sum(w * m for w, m in zip(lagrange, means))
 

@@ -277,7 +277,203 @@ def test_jackknife_sums_opcheck(backend):
         pytest.skip("the fused jackknife sums are CPU kernels")
     z, mu, logvar = (t.requires_grad_() for t in bank_inputs(5, 90, 3, seed=23))
     torch.library.opcheck(torch.ops.tcestim.jackknife_sums.default, (z, mu, logvar))
-    shift, threshold, big, sums = (t.detach() for t in torch.ops.tcestim.jackknife_sums(z, mu, logvar))
+    shift, threshold, big, count, sums = (t.detach() for t in torch.ops.tcestim.jackknife_sums(z, mu, logvar))
     assert big.shape[:2] == (5, 4) and bool((big >= 0).any()) and bool((sums[..., 0] > 0).all())
+    assert torch.equal(big >= 0, torch.arange(big.shape[-1]) < count[..., None])  # listed first, -1 after
     torch.library.opcheck(torch.ops.tcestim.jackknife_sums_backward.default,
                           (torch.randn_like(sums), z.detach(), mu.detach(), logvar.detach(), shift, threshold))
+
+
+# ----------------------------------------------------------------------------------------------
+# tcestim::jackknife_estimate, the estimate formed from the sums (csrc/cpu/jackknife_estimate.cpp)
+
+
+def estimate_inputs(log_own, log_others):
+    """The operator's inputs for rows given by their terms, own (R,) and others (R, n) (weighted,
+    float64, either may require grad): the shift (the largest other, constant), the big terms (over
+    1/64 of the others but the largest, as jackknife_sums picks them) and the power sums u^1..u^8 of
+    the rest relative to the shift, formed here by plain tensor ops."""
+    shift = log_others.detach().max(1).values
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    u = torch.exp(log_others - shift[:, None])
+    sorted_u = u.detach().sort(1, descending=True).values
+    big = u.detach() > sorted_u[:, 1:].sum(1, keepdim=True) / 64
+    small = torch.where(big, torch.zeros_like(u), u)
+    power_sums = torch.stack([(small ** q).sum(1) for q in range(1, 9)], 1)
+    counts = big.sum(1)
+    offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    return log_own, shift, power_sums, log_others[big], offsets
+
+
+def jackknife_estimate(log_own, log_others, population, orders=(1, 2)):
+    """(orders, R) from the operator, with the extrapolation weights of tcestim.jackknife."""
+    from tcestim.jackknife import extrapolation_weights
+
+    n = log_others.shape[1]
+    weights = [extrapolation_weights(n, population, min(order, n - 1)) for order in orders]
+    return torch.ops.tcestim.jackknife_estimate(*estimate_inputs(log_own, log_others), n,
+                                                [w1 for w1, _ in weights], [w2 for _, w2 in weights])
+
+
+def estimate_rows(n, seed=0):
+    """(names, own (R,), others (R, n)): rows with no, one and many big terms, 0, 1, 2 and many small
+    ones (where n allows), and -inf terms."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.rand(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    rows = {"spread": 3 * torch.randn(n, generator=g, dtype=torch.float64),
+            "one big": torch.cat([torch.zeros(1), -12 - 0.2 * rand(n - 1)]),
+            "own -inf": -rand(n)}
+    if 4 <= n <= 64:  # (at most 65 terms can each exceed 1/64 of the others but the largest)
+        rows["all big"] = -rand(n)
+        rows["one small"] = torch.cat([-rand(n - 1), torch.full((1,), -15.0)])
+        rows["two small"] = torch.cat([-rand(n - 2), -15 - rand(2)])
+    if n >= 80:
+        rows["none big"] = -0.05 * rand(n)
+        rows["five big"] = torch.cat([-rand(5), -6 - rand(n - 5)])
+    names = list(rows)
+    own = torch.stack([torch.tensor(-math.inf if name == "own -inf" else -1.0, dtype=torch.float64)
+                       for name in names])
+    return names, own - math.log(n), torch.stack([rows[name] for name in names]) - math.log(n)
+
+
+@pytest.mark.parametrize("n", [2, 3, 6, 100])
+def test_jackknife_estimate_matches_naive_loops(requires_extension, n):
+    """Both orders in one call, against explicit leave-one- and leave-two-out loops (float64 NumPy),
+    on rows with 0 to n big terms and 0, 1, 2 or many small ones; n = 2 gives first order only."""
+    population = 400
+    names, own, others = estimate_rows(n)
+    got = jackknife_estimate(own, others, population)
+    _, _, _, log_big, offsets = estimate_inputs(own, others)
+    counts = dict(zip(names, offsets.diff().tolist()))
+    if 4 <= n <= 64:
+        assert (counts["all big"], counts["one small"], counts["two small"]) == (n, n - 1, n - 2)
+    if n >= 80:
+        assert (counts["none big"], counts["one big"], counts["five big"]) == (0, 1, 5)
+        assert 1 < counts["spread"] < n
+    for k, name in enumerate(names):
+        for row, order in zip(got, (1, 2)):
+            want = reference.jackknife_row(float(own[k]), others[k].numpy(), population, order=order)
+            assert float(row[k]) == pytest.approx(want, rel=1e-9, abs=1e-9), (name, order)
+
+
+def test_jackknife_estimate_of_vanishing_and_empty_rows(requires_extension):
+    """Every term -inf: -inf (q(z) = 0). Every other term -inf: the own term alone, exactly, and its
+    gradient 1 (no correction)."""
+    n = 5
+    own = torch.tensor([-math.inf, -2.0], dtype=torch.float64, requires_grad=True)
+    others = torch.full((2, n), -math.inf, dtype=torch.float64)
+    got = jackknife_estimate(own, others, 100)
+    assert torch.equal(got[:, 0], torch.full((2,), -math.inf, dtype=torch.float64))
+    assert torch.equal(got[:, 1].detach(), torch.full((2,), -2.0, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(got[:, 1].sum(), own)
+    assert float(grad[1]) == 2.0
+
+
+@pytest.mark.parametrize("n", [3, 6, 100])
+def test_jackknife_estimate_gradients_equal_the_pytorch_implementation(requires_extension, n):
+    """Gradients with respect to the own and the other terms, through the operator's backward and the
+    power sums formed by tensor ops, against autograd through the PyTorch implementation that takes the
+    terms themselves (_corrected_rows_by_order: the TOP_TERMS largest exact, the rest in series)."""
+    from tcestim.jackknife import _corrected_rows_by_order
+
+    names, own, others = estimate_rows(n, seed=1)
+    finite = torch.tensor([name != "own -inf" for name in names])
+    own, others = own[finite], others[finite]
+    g = torch.randn(2, own.shape[0], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def grads(fn):
+        leaves = [t.clone().requires_grad_() for t in (own, others)]
+        return torch.autograd.grad((g * fn(*leaves)).sum(), leaves)
+
+    got = grads(lambda a, o: jackknife_estimate(a, o, 400))
+    want = grads(lambda a, o: torch.stack(list(_corrected_rows_by_order(a, o, 400, (1, 2)).values())))
+    for name, x, y in zip(("own", "others"), got, want):
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_jackknife_estimate_gradient_of_a_vanishing_own_term(requires_extension):
+    """An own term of -inf has gradient 0 (it weighs nothing), not NaN; the others' gradients are those
+    of the same row without it."""
+    n = 6
+    others = -torch.rand(1, n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    own = torch.tensor([-math.inf], dtype=torch.float64, requires_grad=True)
+    leaves = others.clone().requires_grad_()
+    grad_own, grad_others = torch.autograd.grad(jackknife_estimate(own, leaves, 50).sum(), (own, leaves))
+    assert float(grad_own) == 0.0
+    from tcestim.jackknife import _corrected_rows_by_order
+
+    leaves_ref = others.clone().requires_grad_()
+    rows = _corrected_rows_by_order(torch.full((1,), -1e3, dtype=torch.float64), leaves_ref, 50, (1, 2))
+    (want,) = torch.autograd.grad(sum(r.sum() for r in rows.values()), leaves_ref)
+    torch.testing.assert_close(grad_others, want, rtol=1e-9, atol=1e-12)
+
+
+def estimate_op_args(n=40, seed=4):
+    names, own, others = estimate_rows(n, seed=seed)
+    finite = torch.tensor([name != "own -inf" for name in names])
+    log_a, log_shift, power_sums, log_big, offsets = estimate_inputs(own[finite], others[finite])
+    return (log_a.requires_grad_(), log_shift, power_sums.requires_grad_(), log_big.requires_grad_(), offsets, n,
+            [-3.0, -70.0], [0.0, 30.0])
+
+
+def test_jackknife_estimate_gradcheck_float64(requires_extension):
+    """Rows of 12 others, 1 to 4 of them big and the small ones not so small that a step of eps could
+    empty their sum."""
+    g = torch.Generator().manual_seed(5)
+    others = torch.cat([-2 * torch.rand(4, 3, generator=g), -4 - torch.rand(4, 9, generator=g)], 1).double()
+    log_a, log_shift, power_sums, log_big, offsets = estimate_inputs(torch.randn(4, generator=g).double(), others)
+    assert offsets.diff().min() >= 1 and power_sums[:, 0].min() > 1e-3
+
+    def fn(a, p, b):
+        return torch.ops.tcestim.jackknife_estimate(a, log_shift, p, b, offsets, 12, [-3.0, -70.0], [0.0, 30.0])
+
+    inputs = tuple(t.requires_grad_() for t in (log_a, power_sums, log_big))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-6)
+
+
+def test_jackknife_estimate_opcheck(requires_extension):
+    args = estimate_op_args()
+    torch.library.opcheck(torch.ops.tcestim.jackknife_estimate.default, args)
+    detached = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in args)
+    grad = torch.randn(2, args[0].shape[0], dtype=torch.float64)
+    torch.library.opcheck(torch.ops.tcestim.jackknife_estimate_backward.default, (grad, *detached))
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda a: (a[0].float(), *a[1:]), "log_a must be a 1-D float64"),
+    (lambda a: (*a[:4], a[4].flip(0), *a[5:]), "big_offsets must run from 0"),
+    (lambda a: (*a[:5], 2, *a[6:]), "pair_weights need n >= 3"),
+    (lambda a: (*a[:6], [1.0], [1.0, 2.0]), "one length"),
+])
+def test_jackknife_estimate_checks_its_arguments(requires_extension, change, match):
+    args = tuple(t.detach() if isinstance(t, torch.Tensor) else t for t in estimate_op_args())
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.tcestim.jackknife_estimate(*change(args))
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("D,std", [(4, 0.01), (32, 0.05)])
+def test_fused_jackknife_of_well_separated_components(backend, dtype, D, std):
+    """Narrow, well separated components: every other term lies hundreds of nats below the largest,
+    so the sum of the others but the largest underflows (flushed to 0); those terms count as small
+    (the threshold's floor) instead of all big (which overflowed the list: NaN before). Values and
+    gradients equal the PyTorch implementation's to rounding."""
+    from tcestim.jackknife import jackknife_log_densities
+
+    z, mu, logvar = bank_inputs(4, 100, D, seed=D, std=std, spread=0.0)
+    a, b = torch.randn(4, dtype=torch.float64), torch.randn(4, D, dtype=torch.float64)
+
+    def run(device):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (z, mu, logvar)]
+        qz, qzd = jackknife_log_densities(*leaves, 1000)
+        grads = torch.autograd.grad((a.to(device, dtype) * qz).sum() + (b.to(device, dtype) * qzd).sum(), leaves)
+        return [t.detach().cpu().double() for t in (qz, qzd, *grads)]
+
+    got = run(backend.device)
+    with tcestim.testing.use_fallback():
+        want = run("cpu")
+    tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for name, g, w in zip(("log_qz", "log_qzd", "grad z", "grad mu", "grad logvar"), got, want):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")

@@ -90,3 +90,40 @@ def test_kernels_run_on_several_threads(restore_threads, threads, dtype):
     torch.set_num_threads(threads)
     (log_qz.sum() + log_qzd.sum()).backward()
     assert 1 < last_region_threads() <= threads, "backward ran on one thread"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_fused_jackknife_bitwise_identical_for_every_thread_count(cpu_isa, restore_threads, dtype):
+    """The fused jackknife (jackknife_sums, jackknife_estimate and their backward kernels), values and
+    gradients, and a check that the estimate's kernels ran on several threads."""
+    from tcestim.jackknife import jackknife_log_densities
+
+    z, mu, logvar, _ = make_inputs(53, 300, 5, dtype, seed=8)
+    g = torch.Generator().manual_seed(9)
+    upstream = [torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype) for shape in ((53,), (53, 5))]
+    results = {}
+    for threads in THREAD_COUNTS:
+        torch.set_num_threads(threads)
+        leaves = [t.clone().requires_grad_() for t in (z, mu, logvar)]
+        log_qz, log_qzd = jackknife_log_densities(*leaves, 1000)
+        grads = torch.autograd.grad((log_qz, log_qzd), leaves, upstream)
+        results[threads] = [t.detach() for t in (log_qz, log_qzd, *grads)]
+    for threads in THREAD_COUNTS[1:]:
+        for name, got, want in zip(("log_qz", "log_qzd", "grad_z", "grad_mu", "grad_logvar"), results[threads],
+                                   results[1]):
+            assert_bitwise_equal(got, want, f"jackknife {name} with {threads} threads vs 1")
+    for t in results[1]:
+        assert torch.isfinite(t).all() and t.abs().max() > 0
+
+
+def test_jackknife_estimate_runs_on_several_threads(restore_threads):
+    rows, n = 4096, 50
+    g = torch.Generator().manual_seed(10)
+    args = (torch.randn(rows, generator=g, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64),
+            torch.rand(rows, 8, generator=g, dtype=torch.float64), torch.zeros(0, dtype=torch.float64),
+            torch.zeros(rows + 1, dtype=torch.int64), n, [-10.0], [5.0])
+    torch.set_num_threads(2)
+    estimate = torch.ops.tcestim.jackknife_estimate(*args)
+    assert last_region_threads() == 2, "forward ran on one thread"
+    torch.ops.tcestim.jackknife_estimate_backward(torch.ones_like(estimate), *args)
+    assert last_region_threads() == 2, "backward ran on one thread"

@@ -1,10 +1,12 @@
 // The jackknife's sums inside the fused CPU kernels (no torch headers): see JackknifeArgs in
 // kernel_args.h for what is computed, tcestim/jackknife.py for how the estimate is formed from it.
 //
-// Forward, per block of kLanes queries, two passes over the components (the cube recomputed, never
-// stored): (1) the maximum of each target's other terms and, online (rescaled when the maximum
-// moves), the sum of the others but the largest, which sets the threshold; (2) the big terms'
-// indices and the small terms' power sums. Backward: the same two sweeps as the mixture's backward
+// Forward, per block of kLanes queries, the cube recomputed, never stored: pass 1 finds each target's
+// maximum m of the other terms and where it first occurs; pass 2 takes u = 2^(x - m) of every term
+// once. Its sum (of the others but the first largest) sets the threshold at the end; on the way, a
+// term surely below it (below 1/64 of a lower bound of that sum: the sum so far, or the sum over the
+// first kPrefix components, swept once before) goes into the power sums, and the few others are
+// logged and classified when the sum is known. Backward: the same two sweeps as the mixture's backward
 // (query blocks for grad_z, component blocks for grad_mu and grad_logvar, the latter for the
 // components 0..grad_components-1 only), with the weight of term k of target r
 //   W = sum_q q g[r,q] u[k]^q   (small terms; big terms and the own component weigh 0),
@@ -16,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "../kernel_args.h"
@@ -27,6 +30,11 @@ inline namespace TCESTIM_ISA {
 namespace detail {
 
 constexpr int64_t kSeries = kJackknifeSeries;
+
+// The least log2_threshold: exp2 gives u = 0 (flushed) below 2^(lowest + 1), and such terms are small
+// whatever the sum of the others (which may itself have been flushed to 0).
+template <typename T>
+constexpr T kThresholdFloor = tcestim::detail::Exp2Constants<T>::kLowest + 1;
 
 // C2 = offset + quadratic * (z - mu)^2, rounded at each step (no contraction into FMAs).
 template <typename T>
@@ -52,112 +60,238 @@ inline Vec<T> jackknife_weight(Vec<T> x, Vec<T> shift, Vec<T> log2_threshold, co
   return poly * u;
 }
 
-// Per task of jackknife_forward: vector scratch and the big-term count of each lane and target.
+// The forward's candidate big terms. A term goes into the power sums as it passes when
+// u <= kAbsorbed * (a lower bound of the sum of the others but the largest): it is then below the final
+// threshold by 1e-4 relative, more than the rounding of exp2 and of the threshold in float (1e-5), and
+// the final test x - m > log2_threshold finds it small as well. The others (candidates) are logged
+// until the sum is known. At most 1 / kAbsorbed + 1 per target stand above the bound at any time, so
+// the log, when full, is pruned against the current bounds.
+constexpr double kAbsorbed = kJackknifeBigFraction * (1 - 1e-4);
+constexpr int64_t kLogCapacity = 16384;  // entries before the first pruning
+// The sum over the first kPrefix components bounds the final one from the start: without it every
+// early term would be a candidate (4352 components, D = 8: 60 per target; with it 8).
+constexpr int64_t kPrefix = 512;
+// Pass 2 forms the terms of kChunk components, then goes through them target by target (the target's
+// sums in registers, the bound updated once per chunk).
+constexpr int64_t kChunk = 16;
+
+template <typename T>
+struct Candidate {
+  int64_t j;       // component
+  int32_t target;  // lane * R + r
+  T diff, u;       // x - m, 2^(x - m)
+};
+
+// The first largest term of target r in lane `lane` is component j.
+struct Largest {
+  int64_t j, r;
+  int lane;
+};
+
+// Per task of jackknife_forward: vector scratch, the candidate log, the power sums of the candidates
+// found small, the big terms' counts and the first largest terms by component.
 template <typename T>
 struct JackknifeScratch {
   VecBuffer<T> vectors;
-  std::vector<int64_t> counts;
+  std::vector<Candidate<T>> log;
+  std::vector<Largest> largest;
+  std::vector<T> small;        // (L, R, kSeries)
+  std::vector<int64_t> count;  // (L, R)
 };
+
+// Whether any lane of v is nonzero (an OR over the lanes, which compilers vectorise).
+template <typename B>
+inline bool any_lane(B v) {
+  auto word = v[0];
+  for (int l = 1; l < static_cast<int>(sizeof(B) / sizeof(word)); ++l) word |= v[l];
+  return word != 0;
+}
+
+// Adds u^1..u^8 to the power sums ps, the products as a tree (three multiplications deep, not seven).
+template <typename V>
+inline void add_powers(V* ps, V u) {
+  static_assert(kSeries == 8, "the tree of products is written for 8 powers");
+  const V u2 = u * u, u3 = u2 * u, u4 = u2 * u2;
+  ps[0] += u;
+  ps[1] += u2;
+  ps[2] += u3;
+  ps[3] += u4;
+  ps[4] += u4 * u;
+  ps[5] += u4 * u2;
+  ps[6] += u4 * u3;
+  ps[7] += u4 * u4;
+}
 
 template <typename T>
 void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>& comp,
-                             const StructuredWeights<T>& own, const LaneBlock& rows,
-                             VecBuffer<T>& scratch, std::vector<int64_t>& counts) {
+                             const StructuredWeights<T>& own, const LaneBlock& rows, JackknifeScratch<T>& scratch) {
   using V = Vec<T>;
+  using Bits = typename Simd<T>::Bits;
+  using BitWord = typename tcestim::detail::Exp2Constants<T>::Bits;
+  static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
+  static_assert(sizeof(Bits) == sizeof(V), "index vectors share the scratch");
   constexpr int L = kLanes<T>;
   const int64_t M = a.M, K = a.K, D = a.D, R = D + 1;
-  V* __restrict zt = scratch.reserve(2 * D + R * (4 + kSeries));
+  V* __restrict zt = scratch.vectors.reserve(2 * D + R * (kChunk + 5 + kSeries));
   V* __restrict cbuf = zt + D;
-  V* __restrict x = cbuf + D;  // the terms of the current component, per target r
-  V* __restrict max = x + R;
+  V* __restrict x = cbuf + D;  // (kChunk, R): the terms of a chunk of components
+  V* __restrict max = x + kChunk * R;
   V* __restrict sum = max + R;  // of the other terms but the (first) largest, relative to it
-  V* __restrict thr = sum + R;
-  V* __restrict ps = thr + R;  // (R, kSeries)
+  V* __restrict bound = sum + R;  // kAbsorbed * the sum over the prefix
+  V* __restrict ps = bound + R;  // (R, kSeries)
+  Bits* __restrict largest = reinterpret_cast<Bits*>(ps + R * kSeries);  // the first largest's component
+  Bits* __restrict first = largest + R;  // bit jj of a lane: the current chunk's term jj is its first largest
+  const V zero = broadcast(T(0)), absorbed = broadcast(static_cast<T>(kAbsorbed));
   gather_transposed(a.z, rows, M, D, zt);
   for (int64_t r = 0; r < R; ++r) {
     max[r] = broadcast(kNegInf<T>);
-    sum[r] = broadcast(T(0));
+    sum[r] = zero;
+    largest[r] = Bits{} + BitWord(K);  // none: all -inf
   }
-  for (int64_t k = 0; k < R * kSeries; ++k) ps[k] = broadcast(T(0));
+  for (int64_t k = 0; k < R * kSeries; ++k) ps[k] = zero;
+  scratch.log.clear();
+  scratch.log.reserve(kLogCapacity);
+  scratch.small.assign(static_cast<size_t>(L) * R * kSeries, T(0));
+  scratch.count.assign(static_cast<size_t>(L) * R, 0);
 
-  // x[0] the joint, x[1 + d] the marginals of component j (the own component: -inf).
-  auto terms = [&](int64_t j) {
+  // out[0] the joint, out[1 + d] the marginals of component j (the own component: -inf).
+  auto terms = [&](int64_t j, V* __restrict out) {
     const V lw = own.rows(rows, M, j);
     const T* mu = comp.mu + j * D;
     const T* quad = comp.quadratic.data() + j * D;
     const T* off = comp.offset.data() + j * D;
-    V csum = broadcast(T(0));
+    V csum = zero;
     for (int64_t d = 0; d < D; ++d) {
       cbuf[d] = jackknife_term<T>(zt[d], broadcast(mu[d]), broadcast(quad[d]), broadcast(off[d]));
       csum += cbuf[d];
-      x[1 + d] = lw + cbuf[d];
+      out[1 + d] = lw + cbuf[d];
     }
-    x[0] = lw + csum;
+    out[0] = lw + csum;
   };
 
-  // Pass 1: maxima, and the sum of the other terms but the largest, rescaled when the maximum moves
-  // (the previous maximum then joins the sum). One exp2 per term.
+  // Pass 1: the maxima and where each first occurs.
   for (int64_t j = 0; j < K; ++j) {
-    terms(j);
+    terms(j, x);
+    const Bits index = Bits{} + BitWord(j);
     for (int64_t r = 0; r < R; ++r) {
-      const auto better = x[r] > max[r];
-      const V e0 = vexp2<T>(better ? max[r] - x[r] : x[r] - max[r]);
-      const V e = x[r] == broadcast(kNegInf<T>) ? broadcast(T(0)) : e0;
-      sum[r] = better ? (sum[r] + T(1)) * e : sum[r] + e;
-      max[r] = better ? x[r] : max[r];
+      const auto larger = x[r] > max[r];
+      largest[r] = larger ? index : largest[r];
+      max[r] = larger ? x[r] : max[r];
     }
   }
   for (int64_t r = 0; r < R; ++r) max[r] = finite_or_zero<T>(max[r]);
+  // Where the first largest of each lane and target is, by component (at most one per lane and target).
+  scratch.largest.clear();
   for (int64_t r = 0; r < R; ++r) {
+    first[r] = Bits{};
     for (int l = 0; l < L; ++l) {
-      thr[r][l] = static_cast<T>(std::log2(kJackknifeBigFraction * static_cast<double>(sum[r][l])));
+      if (largest[r][l] < static_cast<BitWord>(K)) {
+        scratch.largest.push_back(Largest{static_cast<int64_t>(largest[r][l]), r, l});
+      }
     }
   }
+  std::sort(scratch.largest.begin(), scratch.largest.end(),
+            [](const Largest& p, const Largest& q) { return p.j < q.j; });
 
-  // Pass 2: big terms listed, small terms into the power sums.
-  counts.assign(static_cast<size_t>(L) * R, 0);
-  for (int64_t l = 0; l < rows.valid; ++l) {
-    std::fill_n(a.big_index + (rows.first + l) * R * kJackknifeMaxBig, R * kJackknifeMaxBig, int64_t(-1));
-  }
-  bool overflow[L] = {};
-  for (int64_t j = 0; j < K; ++j) {
-    terms(j);
-    V any = broadcast(T(0));
-    for (int64_t r = 0; r < R; ++r) {
-      const V diff = x[r] - max[r];
-      const auto big = diff > thr[r];
-      any = big ? broadcast(T(1)) : any;
-      V u = vexp2<T>(diff);
-      u = big ? broadcast(T(0)) : u;
-      V p = u;
-      V* acc = ps + r * kSeries;
-      acc[0] += p;
-      for (int64_t q = 1; q < kSeries; ++q) {
-        p *= u;
-        acc[q] += p;
+  // Absorbs the logged candidates that fell below their target's current bound.
+  auto prune = [&] {
+    size_t kept = 0;
+    for (const Candidate<T>& c : scratch.log) {
+      const int l = c.target / R;
+      const int64_t r = c.target % R;
+      if (!(c.u > std::max(static_cast<T>(kAbsorbed) * sum[r][l], bound[r][l]))) {
+        add_powers<T>(scratch.small.data() + c.target * kSeries, c.u);
+      } else {
+        scratch.log[kept++] = c;
       }
     }
-    for (int64_t l = 0; l < rows.valid; ++l) {
-      if (any[l] == T(0)) continue;
+    scratch.log.resize(kept);
+  };
+  size_t capacity = kLogCapacity;
+  // Components [0, end): u = 2^(x - m) into sum (but the first largest) and, with Collect, the
+  // terms surely small into the power sums and the others into the log.
+  auto sweep = [&](int64_t end, auto collect) {
+    size_t next = 0;  // the first largest terms not yet reached
+    for (int64_t j0 = 0; j0 < end; j0 += kChunk) {
+      const int64_t n = std::min(kChunk, end - j0);
+      for (int64_t jj = 0; jj < n; ++jj) terms(j0 + jj, x + jj * R);
+      // The first largest of a target is no other term: out of the sums, a candidate (u = 1) all the same.
+      for (; next < scratch.largest.size() && scratch.largest[next].j < j0 + n; ++next) {
+        const Largest& e = scratch.largest[next];
+        x[(e.j - j0) * R + e.r][e.lane] = kNegInf<T>;
+        first[e.r][e.lane] |= BitWord(1) << (e.j - j0);
+      }
       for (int64_t r = 0; r < R; ++r) {
-        if (!(x[r][l] - max[r][l] > thr[r][l])) continue;
-        int64_t& count = counts[l * R + r];
-        if (count == kJackknifeMaxBig) {
-          overflow[l] = true;  // cannot happen (see kJackknifeMaxBig); NaN rather than a wrong value
-          continue;
+        const V m = max[r];
+        V total = sum[r], acc[kSeries];
+        // The sum so far bounds the final one: for the whole chunk, a comparison per term.
+        const V limit = vmax<T>(absorbed * total, bound[r]);
+        Bits kept = first[r];  // bit jj of a lane: the chunk's term jj is a candidate there
+        first[r] = Bits{};
+        for (int64_t q = 0; q < kSeries; ++q) acc[q] = ps[r * kSeries + q];
+        for (int64_t jj = 0; jj < n; ++jj) {
+          const V u = vexp2<T>(x[jj * R + r] - m);
+          total += u;
+          if (!decltype(collect)::value) continue;
+          const auto keep = u > limit;
+          kept |= reinterpret_cast<const Bits&>(keep) & (Bits{} + (BitWord(1) << jj));
+          add_powers<V>(acc, keep ? zero : u);
         }
-        a.big_index[((rows.first + l) * R + r) * kJackknifeMaxBig + count++] = j;
+        sum[r] = total;
+        for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = acc[q];
+        if (!decltype(collect)::value || !any_lane(kept)) continue;
+        for (int l = 0; l < rows.valid; ++l) {
+          for (BitWord bits = kept[l]; bits != 0; bits &= bits - 1) {
+            const int jj = __builtin_ctzll(bits);
+            const T diff = static_cast<BitWord>(j0 + jj) == largest[r][l] ? T(0) : x[jj * R + r][l] - m[l];
+            scratch.log.push_back(Candidate<T>{j0 + jj, static_cast<int32_t>(l * R + r), diff, fast_exp2<T>(diff)});
+          }
+        }
+      }
+      if (decltype(collect)::value && scratch.log.size() >= capacity) {
+        prune();
+        capacity = std::max<size_t>(kLogCapacity, 2 * scratch.log.size());
       }
     }
+  };
+  // The prefix's sums, for the bound; then pass 2.
+  sweep(std::min(K, kPrefix), std::false_type{});
+  for (int64_t r = 0; r < R; ++r) {
+    bound[r] = absorbed * sum[r];
+    sum[r] = zero;
   }
-  for (int64_t l = 0; l < rows.valid; ++l) {
+  sweep(K, std::true_type{});
+
+  // The thresholds, then each candidate either listed as big (in the order of j) or added to the power sums.
+  bool overflow[L] = {};
+  for (int l = 0; l < rows.valid; ++l) {
     const int64_t i = rows.first + l;
     for (int64_t r = 0; r < R; ++r) {
+      const T t = std::max(static_cast<T>(std::log2(kJackknifeBigFraction * static_cast<double>(sum[r][l]))),
+                           kThresholdFloor<T>);
       a.shift[i * R + r] = max[r][l];
-      a.log2_threshold[i * R + r] = thr[r][l];
+      a.log2_threshold[i * R + r] = t;
+      std::fill_n(a.big_index + (i * R + r) * kJackknifeMaxBig, kJackknifeMaxBig, int64_t(-1));
+    }
+  }
+  for (const Candidate<T>& c : scratch.log) {
+    const int l = c.target / R;
+    const int64_t r = c.target % R, i = rows.first + l;
+    if (!(c.diff > a.log2_threshold[i * R + r])) {
+      add_powers<T>(scratch.small.data() + c.target * kSeries, c.u);
+    } else if (scratch.count[c.target] == kJackknifeMaxBig) {
+      overflow[l] = true;  // cannot happen (see kJackknifeMaxBig); NaN rather than a wrong value
+    } else {
+      a.big_index[(i * R + r) * kJackknifeMaxBig + scratch.count[c.target]++] = c.j;
+    }
+  }
+  for (int l = 0; l < rows.valid; ++l) {
+    const int64_t i = rows.first + l;
+    for (int64_t r = 0; r < R; ++r) {
+      a.big_count[i * R + r] = scratch.count[l * R + r];
       for (int64_t q = 0; q < kSeries; ++q) {
-        a.power_sums[(i * R + r) * kSeries + q] =
-            overflow[l] ? std::numeric_limits<T>::quiet_NaN() : ps[r * kSeries + q][l];
+        a.power_sums[(i * R + r) * kSeries + q] = overflow[l] ? std::numeric_limits<T>::quiet_NaN()
+                                                              : ps[r * kSeries + q][l] + scratch.small[(l * R + r) * kSeries + q];
       }
     }
   }
@@ -297,7 +431,7 @@ void jackknife_forward(const JackknifeArgs<T>& a, ParallelFor&& parallel_for) {
   const StructuredWeights<T> own = jackknife_own_weights<T>(a.M);
   detail::for_each_lane_block<T, detail::JackknifeScratch<T>>(
       a.M, parallel_for, [&](const LaneBlock& rows, detail::JackknifeScratch<T>& scratch) {
-        detail::jackknife_forward_block(a, comp, own, rows, scratch.vectors, scratch.counts);
+        detail::jackknife_forward_block(a, comp, own, rows, scratch);
       });
 }
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "binding.h"
+#include "jackknife_estimate.h"
 #include "kernel_table.h"
 
 namespace tcestim {
@@ -60,8 +61,8 @@ void check_jackknife_inputs(const char* op, const Tensor& z, const Tensor& mu, c
               mu.size(0), " and M = ", z.size(0));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const Tensor& mu, const Tensor& logvar,
-                                                          int64_t grad_components) {
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const Tensor& mu,
+                                                                  const Tensor& logvar, int64_t grad_components) {
   constexpr const char* op = "jackknife_sums";
   check_jackknife_inputs(op, z, mu, logvar);
   binding::check_grad_components(op, grad_components, mu.size(0));
@@ -70,15 +71,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> jackknife_sums(const Tensor& z, const
   Tensor shift = at::empty({M, R}, z.options());
   Tensor threshold = at::empty({M, R}, z.options());
   Tensor big = at::empty({M, R, kJackknifeMaxBig}, z.options().dtype(at::kLong));
+  Tensor count = at::empty({M, R}, z.options().dtype(at::kLong));
   Tensor sums = at::empty({M, R, kJackknifeSeries}, z.options());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), op, [&] {
     const JackknifeArgs<scalar_t> args{zc.const_data_ptr<scalar_t>(), muc.const_data_ptr<scalar_t>(),
                                        lvc.const_data_ptr<scalar_t>(), M, K, D,
                                        shift.mutable_data_ptr<scalar_t>(), threshold.mutable_data_ptr<scalar_t>(),
-                                       big.mutable_data_ptr<int64_t>(), sums.mutable_data_ptr<scalar_t>()};
+                                       big.mutable_data_ptr<int64_t>(), count.mutable_data_ptr<int64_t>(),
+                                       sums.mutable_data_ptr<scalar_t>()};
     cpu::active_kernels<scalar_t>().jackknife_forward(args, kParallelFor);
   });
-  return {shift, threshold, big, sums};
+  return {shift, threshold, big, count, sums};
 }
 
 std::tuple<Tensor, Tensor, Tensor> jackknife_sums_backward(const Tensor& grad_sums, const Tensor& z, const Tensor& mu,
@@ -111,6 +114,92 @@ std::tuple<Tensor, Tensor, Tensor> jackknife_sums_backward(const Tensor& grad_su
   return {grad_z, grad_mu, grad_logvar};
 }
 
+// The checked inputs of jackknife_estimate(_backward): JackknifeRows over contiguous tensors it keeps alive.
+struct JackknifeRowsCall {
+  Tensor log_a, log_shift, power_sums, log_big, offsets;
+  std::vector<double> loo_weights, pair_weights;
+  JackknifeRows rows;
+};
+
+void check_float64_cpu(const char* op, const char* name, const Tensor& t, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kDouble && t.dim() == dim, op, ": ", name,
+              " must be a ", dim, "-D float64 CPU tensor, got ", t.scalar_type(), " ", t.sizes(), " on ", t.device());
+}
+
+JackknifeRowsCall prepare_jackknife_rows(const char* op, const Tensor& log_a, const Tensor& log_shift,
+                                         const Tensor& power_sums, const Tensor& log_big, const Tensor& offsets,
+                                         int64_t n, at::ArrayRef<double> loo_weights,
+                                         at::ArrayRef<double> pair_weights) {
+  check_float64_cpu(op, "log_a", log_a, 1);
+  check_float64_cpu(op, "log_shift", log_shift, 1);
+  check_float64_cpu(op, "power_sums", power_sums, 2);
+  check_float64_cpu(op, "log_big", log_big, 1);
+  const int64_t R = log_a.size(0), E = log_big.size(0);
+  TORCH_CHECK(log_shift.size(0) == R && power_sums.size(0) == R && power_sums.size(1) >= 1, op,
+              ": log_shift must have shape (R,) and power_sums (R, Q >= 1) for R = ", R, " rows, got ",
+              log_shift.sizes(), " and ", power_sums.sizes());
+  TORCH_CHECK(offsets.device().is_cpu() && offsets.scalar_type() == at::kLong && offsets.dim() == 1 &&
+                  offsets.size(0) == R + 1,
+              op, ": big_offsets must be an int64 CPU tensor of shape (R + 1,) = (", R + 1, ",), got ",
+              offsets.scalar_type(), " ", offsets.sizes());
+  TORCH_CHECK(n >= 2, op, ": needs n >= 2 other terms per row, got ", n);
+  TORCH_CHECK(!loo_weights.empty() && loo_weights.size() == pair_weights.size(), op,
+              ": loo_weights and pair_weights must be of one length >= 1, got ", loo_weights.size(), " and ",
+              pair_weights.size());
+  for (double w : pair_weights) TORCH_CHECK(w == 0 || n >= 3, op, ": pair_weights need n >= 3, got n = ", n);
+  JackknifeRowsCall call;
+  call.log_a = log_a.contiguous();
+  call.log_shift = log_shift.contiguous();
+  call.power_sums = power_sums.contiguous();
+  call.log_big = log_big.contiguous();
+  call.offsets = offsets.contiguous();
+  const int64_t* off = call.offsets.const_data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[R] == E, op, ": big_offsets must run from 0 to E = ", E, ", got ", off[0], " to ",
+              off[R]);
+  for (int64_t r = 0; r < R; ++r) {
+    TORCH_CHECK(off[r + 1] >= off[r] && off[r + 1] - off[r] <= n, op, ": row ", r, " has ", off[r + 1] - off[r],
+                " big terms, expected 0 to n = ", n);
+  }
+  call.loo_weights.assign(loo_weights.begin(), loo_weights.end());
+  call.pair_weights.assign(pair_weights.begin(), pair_weights.end());
+  call.rows = JackknifeRows{call.log_a.const_data_ptr<double>(), call.log_shift.const_data_ptr<double>(),
+                            call.power_sums.const_data_ptr<double>(), call.log_big.const_data_ptr<double>(), off,
+                            call.loo_weights.data(), call.pair_weights.data(), R, power_sums.size(1), n,
+                            static_cast<int64_t>(call.loo_weights.size())};
+  return call;
+}
+
+Tensor jackknife_estimate(const Tensor& log_a, const Tensor& log_shift, const Tensor& power_sums,
+                          const Tensor& log_big, const Tensor& offsets, int64_t n, at::ArrayRef<double> loo_weights,
+                          at::ArrayRef<double> pair_weights) {
+  JackknifeRowsCall call = prepare_jackknife_rows("jackknife_estimate", log_a, log_shift, power_sums, log_big,
+                                                  offsets, n, loo_weights, pair_weights);
+  Tensor estimate = at::empty({call.rows.orders, call.rows.rows}, log_a.options());
+  cpu::jackknife_estimate(JackknifeEstimateArgs{call.rows, estimate.mutable_data_ptr<double>()}, kParallelFor);
+  return estimate;
+}
+
+std::tuple<Tensor, Tensor, Tensor> jackknife_estimate_backward(
+    const Tensor& grad, const Tensor& log_a, const Tensor& log_shift, const Tensor& power_sums, const Tensor& log_big,
+    const Tensor& offsets, int64_t n, at::ArrayRef<double> loo_weights, at::ArrayRef<double> pair_weights) {
+  constexpr const char* op = "jackknife_estimate_backward";
+  JackknifeRowsCall call =
+      prepare_jackknife_rows(op, log_a, log_shift, power_sums, log_big, offsets, n, loo_weights, pair_weights);
+  check_float64_cpu(op, "grad", grad, 2);
+  TORCH_CHECK(grad.size(0) == call.rows.orders && grad.size(1) == call.rows.rows, op,
+              ": grad must have the estimate's shape (", call.rows.orders, ", ", call.rows.rows, "), got ",
+              grad.sizes());
+  const Tensor gc = grad.contiguous();
+  Tensor grad_log_a = at::empty(call.log_a.sizes(), log_a.options());
+  Tensor grad_sums = at::empty(call.power_sums.sizes(), log_a.options());
+  Tensor grad_big = at::empty(call.log_big.sizes(), log_a.options());
+  cpu::jackknife_estimate_backward(
+      JackknifeEstimateBackwardArgs{call.rows, gc.const_data_ptr<double>(), grad_log_a.mutable_data_ptr<double>(),
+                                    grad_sums.mutable_data_ptr<double>(), grad_big.mutable_data_ptr<double>()},
+      kParallelFor);
+  return {grad_log_a, grad_sums, grad_big};
+}
+
 }  // namespace
 }  // namespace tcestim
 
@@ -122,4 +211,6 @@ TORCH_LIBRARY_IMPL(tcestim, CPU, m) {
   tcestim::binding::register_operators<tcestim::CpuBackend>(m);
   m.impl("jackknife_sums", &tcestim::jackknife_sums);
   m.impl("jackknife_sums_backward", &tcestim::jackknife_sums_backward);
+  m.impl("jackknife_estimate", &tcestim::jackknife_estimate);
+  m.impl("jackknife_estimate_backward", &tcestim::jackknife_estimate_backward);
 }

@@ -253,15 +253,17 @@ void check_grad_components(const std::string& name, const Problem& p, bool struc
 
 // The jackknife's sums (JackknifeArgs) against a naive double computation: the terms of query i's
 // target r over components k != i (natural log), their maximum m, the sum of the others but the
-// first largest, the big terms (x - m > log(S / 64)) and the power sums of the rest; then the
+// first largest, the threshold log2(S / 64) (floored at -1022), the big terms above it and the power
+// sums of the rest; then the
 // backward against central differences of sum g * power_sums with the shift and the classification
 // of the forward held fixed.
 void naive_jackknife_sums(const Problem& p, const std::vector<double>* shift_nats,
                           const std::vector<char>* big_fixed, std::vector<double>& shift,
                           std::vector<std::vector<int64_t>>& big, std::vector<double>& sums,
-                          std::vector<char>& is_big) {
+                          std::vector<char>& is_big, std::vector<double>& threshold) {
   const int64_t R = p.D + 1, Q = tcestim::kJackknifeSeries;
   shift.assign(p.M * R, 0);
+  threshold.assign(p.M * R, 0);
   big.assign(p.M * R, {});
   sums.assign(p.M * R * Q, 0);
   is_big.assign(p.M * R * p.K, 0);
@@ -282,9 +284,11 @@ void naive_jackknife_sums(const Problem& p, const std::vector<double>* shift_nat
       double rest = 0;
       for (int64_t k = 0; k < p.K; ++k) if (k != arg) rest += std::exp(x[k] - m);
       shift[i * R + r] = m;
+      // The threshold's floor (kernel_args.h): 2^-1022 of the largest, where exp2 flushes to 0.
+      threshold[i * R + r] = std::max(std::log2(tcestim::kJackknifeBigFraction * rest), -1022.0);
       for (int64_t k = 0; k < p.K; ++k) {
         const bool b = big_fixed ? (*big_fixed)[(i * R + r) * p.K + k] != 0
-                                 : x[k] - m > std::log(tcestim::kJackknifeBigFraction * rest);
+                                 : (x[k] - m) / std::log(2.0) > threshold[i * R + r];
         is_big[(i * R + r) * p.K + k] = b;
         if (b) {
           big[i * R + r].push_back(k);
@@ -301,19 +305,20 @@ void naive_jackknife_sums(const Problem& p, const std::vector<double>* shift_nat
 void check_jackknife(const std::string& name, Problem p) {
   const int64_t M = p.M, K = p.K, D = p.D, R = D + 1, Q = tcestim::kJackknifeSeries, B = tcestim::kJackknifeMaxBig;
   std::vector<double> shift(M * R), thr(M * R), sums(M * R * Q);
-  std::vector<int64_t> big(M * R * B);
+  std::vector<int64_t> big(M * R * B), count(M * R);
   const tcestim::JackknifeArgs<double> args{p.z.data(), p.mu.data(), p.logvar.data(), M, K, D,
-                                            shift.data(), thr.data(), big.data(), sums.data()};
+                                            shift.data(), thr.data(), big.data(), count.data(), sums.data()};
   tcestim::cpu::kernels<double>(g_isa).jackknife_forward(args, threaded);
-  std::vector<double> want_shift, want_sums;
+  std::vector<double> want_shift, want_sums, want_threshold;
   std::vector<std::vector<int64_t>> want_big;
   std::vector<char> is_big;
-  naive_jackknife_sums(p, nullptr, nullptr, want_shift, want_big, want_sums, is_big);
+  naive_jackknife_sums(p, nullptr, nullptr, want_shift, want_big, want_sums, is_big, want_threshold);
   for (int64_t row = 0; row < M * R; ++row) {
     expect_close((name + " shift").c_str(), shift[row] * 0.69314718055994530942, want_shift[row], 1e-13, 1e-13);
+    expect_close((name + " threshold").c_str(), thr[row], want_threshold[row], 1e-12, 1e-12);
     std::vector<int64_t> got;
     for (int64_t b = 0; b < B && big[row * B + b] >= 0; ++b) got.push_back(big[row * B + b]);
-    if (got != want_big[row]) {
+    if (got != want_big[row] || count[row] != static_cast<int64_t>(got.size())) {
       std::printf("FAIL %s: big terms of row %ld differ (%zu vs %zu)\n", name.c_str(), long(row), got.size(),
                   want_big[row].size());
       ++g_failures;
@@ -334,10 +339,10 @@ void check_jackknife(const std::string& name, Problem p) {
   tcestim::cpu::kernels<double>(g_isa).jackknife_backward(bwd, threaded);
   std::vector<double> fixed_shift(want_shift);
   auto loss = [&](const Problem& q) {
-    std::vector<double> s, sm;
+    std::vector<double> s, sm, th;
     std::vector<std::vector<int64_t>> bg;
     std::vector<char> ib;
-    naive_jackknife_sums(q, &fixed_shift, &is_big, s, bg, sm, ib);
+    naive_jackknife_sums(q, &fixed_shift, &is_big, s, bg, sm, ib, th);
     double total = 0;
     for (size_t k = 0; k < sm.size(); ++k) total += g[k] * sm[k];
     return total;
@@ -384,6 +389,11 @@ void run_all_checks() {
     Problem p = make_problem(4, 90, 2, 33u, true, 0, 0, 0);
     for (double& v : p.logvar) v -= 4.0;
     check_jackknife("jackknife narrow M=4 K=90 D=2", p);
+  }
+  {  // Every other term but the largest more than 708 nats (2^-1022) below it: their sum flushes to 0.
+    Problem p = make_problem(4, 100, 4, 34u, true, 0, 0, 0);
+    for (double& v : p.logvar) v -= 16.0;
+    check_jackknife("jackknife separated M=4 K=100 D=4", p);
   }
   // A zero weight everywhere gives -inf (empty mixture), not NaN.
   {
