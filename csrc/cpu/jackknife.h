@@ -99,14 +99,6 @@ struct JackknifeScratch {
   std::vector<int64_t> count;  // (L, R)
 };
 
-// Whether any lane of v is nonzero (an OR over the lanes, which compilers vectorise).
-template <typename B>
-inline bool any_lane(B v) {
-  auto word = v[0];
-  for (int l = 1; l < static_cast<int>(sizeof(B) / sizeof(word)); ++l) word |= v[l];
-  return word != 0;
-}
-
 // Adds u^1..u^8 to the power sums ps, the products as a tree (three multiplications deep, not seven).
 template <typename V>
 inline void add_powers(V* ps, V u) {
