@@ -320,10 +320,10 @@ class VecBuffer {
 
 inline int64_t num_blocks(int64_t count, int64_t size) { return (count + size - 1) / size; }
 
-// The sums over components (forward, grad_z) and over queries (grad_mu, grad_logvar) add their terms
-// in runs of kRun, then add up the runs' partial sums: float32 rounding error grows like
-// kRun + count / kRun instead of count (K = 2048: 6e-6 -> 3e-7 relative, typical). The forward and
-// the backward also take components in chunks of kRun.
+// The sums over components (forward, grad_z) add their terms in runs (chunks of kForwardChunk or kRun
+// components), then add up the runs' partial sums: float32 rounding error grows like run + count / run
+// instead of count (K = 2048: 6e-6 -> 3e-7 relative, typical). The sums over queries (grad_mu,
+// grad_logvar) run per lane over a tile's blocks and are added across lanes in double.
 constexpr int64_t kRun = 32;
 
 // The forward's chunks of components: a chunk's terms (kForwardChunk x D vectors) stay in L1.
@@ -361,8 +361,8 @@ inline void raise_maximum_nats(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
   }
 }
 
-// Forward for one block of queries, one pass over the components in chunks of kForwardChunk. A chunk's terms
-// x (base 2) are formed once into a buffer; then, per target, their 2^(x - m) are added to the sum
+// The forward makes one pass over the components in chunks of kForwardChunk. A chunk's terms x
+// (base 2) are formed once into a buffer; then, per target, their 2^(x - m) are added to the sum
 // relative to that target's reference m, which is the maximum of the terms seen when it was last set
 // (the first chunk sets it). A later chunk's terms may exceed m: while a chunk's sum stays below
 // kTermsAbove (any term at most that much above m, where the sum cannot overflow) they are kept;
