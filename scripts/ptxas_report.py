@@ -2,8 +2,9 @@
 
     python3 scripts/ptxas_report.py ptxas.log [more.log ...]
 
-Works on mangled names (no c++filt needed): a kernel is named by its identifier ending in "kernel"
-or "kernel_large", its element type (f/d) and its weights (Structured/Dense), where present.
+Works on mangled names (no c++filt needed): a kernel is named by its identifier (letters and
+underscores, ending in "kernel" or "kernel_large"), its element type (f/d) and its weights
+(Structured/Dense), where present.
 """
 import re
 import sys
@@ -16,7 +17,9 @@ def kernel_label(mangled: str) -> str:
             if not mangled[start:end].isdigit():
                 break
             candidate = mangled[end:end + int(mangled[start:end])]
-            if re.fullmatch(r"[A-Za-z_]\w*(kernel|kernel_large)", candidate):
+            # No digits in a kernel's name: a namespace id's digits can spell a length whose span
+            # ends in "kernel" too (e.g. "..._526ec406_919714forward_kernel": 26 chars from "ec406").
+            if re.fullmatch(r"[A-Za-z_]+(kernel|kernel_large)", candidate):
                 name, rest = candidate, mangled[end + len(candidate):]
                 break
         if name is not None:
