@@ -34,7 +34,9 @@ int main(int argc, char** argv) {
   const int64_t D = argc > 3 ? std::atoll(argv[3]) : 32;
   const int64_t owned = argc > 4 ? std::atoll(argv[4]) : K;
   if (M < 1 || K < M || D < 1 || owned < 0 || owned > K) {
-    std::fprintf(stderr, "usage: kernel_time [M K D [GRAD_COMPONENTS]] with 1 <= M <= K, D >= 1, 0 <= GRAD_COMPONENTS <= K\n");
+    std::fprintf(stderr,
+                 "usage: kernel_time [M K D [GRAD_COMPONENTS]] with 1 <= M <= K, D >= 1, "
+                 "0 <= GRAD_COMPONENTS <= K\n");
     return 2;
   }
   std::mt19937 gen(0);

@@ -282,8 +282,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     for (int64_t r = 0; r < R; ++r) {
       a.big_count[i * R + r] = scratch.count[l * R + r];
       for (int64_t q = 0; q < kSeries; ++q) {
-        a.power_sums[(i * R + r) * kSeries + q] = overflow[l] ? std::numeric_limits<T>::quiet_NaN()
-                                                              : ps[r * kSeries + q][l] + scratch.small[(l * R + r) * kSeries + q];
+        const T sum = ps[r * kSeries + q][l] + scratch.small[(l * R + r) * kSeries + q];
+        a.power_sums[(i * R + r) * kSeries + q] = overflow[l] ? std::numeric_limits<T>::quiet_NaN() : sum;
       }
     }
   }

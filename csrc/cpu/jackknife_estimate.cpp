@@ -186,7 +186,8 @@ class Row {
         for (int64_t k = 1; k <= Q_; ++k) {  // d pair_sums[q] / d p_k = binom(q, k) p_(q-k) - [k = q] 2^(q-1)
           double binom = 1;  // binom(q, k) from q = k on
           for (int64_t q = k; q <= Q_; ++q) {
-            g_s_[k - 1] += g_pair_sums_[q - 1] * (binom * power_sum(q - k) - (q == k ? std::ldexp(1.0, int(q - 1)) : 0.0));
+            const double diagonal = q == k ? std::ldexp(1.0, int(q - 1)) : 0.0;
+            g_s_[k - 1] += g_pair_sums_[q - 1] * (binom * power_sum(q - k) - diagonal);
             binom = binom * double(q + 1) / double(q + 1 - k);
           }
         }

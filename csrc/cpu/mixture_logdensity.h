@@ -372,7 +372,9 @@ constexpr double kTermsAbove = 18446744073709551616.0;  // 2^64
 
 // Blocks of queries that the forward sweeps together, chunk by chunk, so that each chunk of
 // components is read from memory once for all of them (a bank of components does not fit in cache).
-inline int64_t forward_group(int64_t blocks) { return std::min<int64_t>(4, std::max<int64_t>(1, num_blocks(blocks, 8))); }
+inline int64_t forward_group(int64_t blocks) {
+  return std::min<int64_t>(4, std::max<int64_t>(1, num_blocks(blocks, 8)));
+}
 
 // Forward for blocks first_block..first_block+count-1 of queries (count <= forward_group).
 template <typename T, typename Weights>
@@ -569,11 +571,14 @@ class FusedBackward {
         if (weights_.uniform_rows(rows, j0, n, &lw)) {
           for (int64_t d = 0; d < D; ++d) shifted[d] = q.lt[d] - lw;
           const Block s{rows, q.zt, q.gt, shifted, q.g_joint, q.l_joint};
-          for (int64_t jj = 0; jj < n_owned; ++jj) term<true, true>(s, j0 + jj, lw, cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
+          for (int64_t jj = 0; jj < n_owned; ++jj) {
+            term<true, true>(s, j0 + jj, lw, cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
+          }
           for (int64_t jj = n_owned; jj < n; ++jj) term<false, true>(s, j0 + jj, lw, cbuf, run, nullptr, nullptr);
         } else {
           for (int64_t jj = 0; jj < n_owned; ++jj) {
-            term<true, false>(q, j0 + jj, weights_.rows(rows, M_, j0 + jj), cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
+            const V lw_j = weights_.rows(rows, M_, j0 + jj);
+            term<true, false>(q, j0 + jj, lw_j, cbuf, run, acc_mu + jj * D, acc_lv + jj * D);
           }
           for (int64_t jj = n_owned; jj < n; ++jj) {
             term<false, false>(q, j0 + jj, weights_.rows(rows, M_, j0 + jj), cbuf, run, nullptr, nullptr);
