@@ -213,6 +213,25 @@ def bank_inputs(B, K, D, seed, std=0.5, spread=0.3):
     return z, mu, logvar
 
 
+def on_backend_and_fallback(backend, dtype, z, mu, logvar, dataset_size):
+    """(log_qz, log_qzd, grad z, grad mu, grad logvar) of jackknife_log_densities for random upstream
+    weights, on ``backend`` and through the fallback (the float64 PyTorch implementation), as float64."""
+    from tcestim.jackknife import jackknife_log_densities
+
+    a, b = torch.randn(z.shape[0], dtype=torch.float64), torch.randn(z.shape, dtype=torch.float64)
+
+    def run(device):
+        leaves = [t.to(device, dtype).requires_grad_() for t in (z, mu, logvar)]
+        qz, qzd = jackknife_log_densities(*leaves, dataset_size)
+        grads = torch.autograd.grad((a.to(device, dtype) * qz).sum() + (b.to(device, dtype) * qzd).sum(), leaves)
+        return [t.detach().cpu().double() for t in (qz, qzd, *grads)]
+
+    got = run(backend.device)
+    with tcestim.testing.use_fallback():
+        want = run("cpu")
+    return got, want
+
+
 _NAIVE = {}
 
 
@@ -241,20 +260,8 @@ def test_fused_jackknife_equals_the_pytorch_implementation(backend, dtype):
     of tcestim.jackknife (which the fallback runs, materialising the cube) agree to rounding, values
     and gradients. (At n = 1023 others the second-order extrapolation weights are about 1e6, so
     float64 rounding of the leave-out means shows at 1e-9: measured 1e-9 on values, 2e-9 on gradients.)"""
-    from tcestim.jackknife import jackknife_log_densities
-
     z, mu, logvar = bank_inputs(24, 1024, 5, seed=3)
-    a, b = torch.randn(24, dtype=torch.float64), torch.randn(24, 5, dtype=torch.float64)
-
-    def run(device):
-        leaves = [t.to(device, dtype).requires_grad_() for t in (z, mu, logvar)]
-        qz, qzd = jackknife_log_densities(*leaves, 20_000)
-        grads = torch.autograd.grad((a.to(device, dtype) * qz).sum() + (b.to(device, dtype) * qzd).sum(), leaves)
-        return [t.detach().cpu().double() for t in (qz, qzd, *grads)]
-
-    got = run(backend.device)
-    with tcestim.testing.use_fallback():
-        want = run("cpu")
+    got, want = on_backend_and_fallback(backend, dtype, z, mu, logvar, 20_000)
     tol = dict(rtol=1e-8, atol=1e-8) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
     for name, g, w in zip(("log_qz", "log_qzd", "grad z", "grad mu", "grad logvar"), got, want):
         torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
@@ -459,20 +466,8 @@ def test_fused_jackknife_of_well_separated_components(backend, dtype, D, std):
     so the sum of the others but the largest underflows (flushed to 0); those terms count as small
     (the threshold's floor) instead of all big (which overflowed the list: NaN before). Values and
     gradients equal the PyTorch implementation's to rounding."""
-    from tcestim.jackknife import jackknife_log_densities
-
     z, mu, logvar = bank_inputs(4, 100, D, seed=D, std=std, spread=0.0)
-    a, b = torch.randn(4, dtype=torch.float64), torch.randn(4, D, dtype=torch.float64)
-
-    def run(device):
-        leaves = [t.to(device, dtype).requires_grad_() for t in (z, mu, logvar)]
-        qz, qzd = jackknife_log_densities(*leaves, 1000)
-        grads = torch.autograd.grad((a.to(device, dtype) * qz).sum() + (b.to(device, dtype) * qzd).sum(), leaves)
-        return [t.detach().cpu().double() for t in (qz, qzd, *grads)]
-
-    got = run(backend.device)
-    with tcestim.testing.use_fallback():
-        want = run("cpu")
+    got, want = on_backend_and_fallback(backend, dtype, z, mu, logvar, 1000)
     tol = dict(rtol=1e-9, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
     for name, g, w in zip(("log_qz", "log_qzd", "grad z", "grad mu", "grad logvar"), got, want):
         assert torch.isfinite(g).all(), name
