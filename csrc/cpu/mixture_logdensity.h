@@ -341,22 +341,13 @@ inline bool any_lane(Mask mask) {
 }
 
 // Raises a running maximum to `candidate` where that is larger and rescales the running sum of
-// 2^(x - max) to the new maximum (base 2). Maxima of -inf count as 0, as in finite_or_zero.
+// exp(x - max) to the new maximum; log2_per_unit is 1 for terms in base 2, log2(e) for terms in nats.
+// Maxima of -inf count as 0, as in finite_or_zero.
 template <typename T>
-inline void raise_maximum(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
+inline void raise_maximum(Vec<T>& max, Vec<T>& sum, Vec<T> candidate, T log2_per_unit) {
   const Vec<T> raised = vmax<T>(candidate, max);
   if (any_lane(raised > max)) {
-    sum *= vexp2<T>(finite_or_zero<T>(max) - finite_or_zero<T>(raised));
-    max = raised;
-  }
-}
-
-// The same in nats (the joint's terms).
-template <typename T>
-inline void raise_maximum_nats(Vec<T>& max, Vec<T>& sum, Vec<T> candidate) {
-  const Vec<T> raised = vmax<T>(candidate, max);
-  if (any_lane(raised > max)) {
-    sum *= exp_of_difference<T>(finite_or_zero<T>(max), finite_or_zero<T>(raised));
+    sum *= vexp2<T>((finite_or_zero<T>(max) - finite_or_zero<T>(raised)) * log2_per_unit);
     max = raised;
   }
 }
@@ -454,14 +445,14 @@ void forward_blocks(const T* z, int64_t M, int64_t K, int64_t D, const Component
           if (!any_lane(needs_reference(d))) continue;
           V chunk_max = broadcast(kNegInf<T>);
           for (int64_t jj = 0; jj < n; ++jj) chunk_max = vmax<T>(terms[jj * stride + d], chunk_max);
-          raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift);
+          raise_maximum<T>(ref_d[d], sum_d[d], chunk_max + lw_shift, T(1));
           runs[d] = chunk_sum(d);
         }
       }
       for (int64_t d = 0; d < D; ++d) sum_d[d] += runs[d];
       V& max_joint = joint_state[2 * b];
       V& sum_joint = joint_state[2 * b + 1];
-      raise_maximum_nats<T>(max_joint, sum_joint, chunk_max_joint);
+      raise_maximum<T>(max_joint, sum_joint, chunk_max_joint, static_cast<T>(kLog2E));
       const V shift_joint = finite_or_zero<T>(max_joint);
       V run_joint = broadcast(T(0));
       for (int64_t jj = 0; jj < n; ++jj) run_joint += exp_of_difference<T>(joint[jj], shift_joint);
@@ -682,15 +673,23 @@ class FlushSubnormals {
 #endif
 };
 
-// Runs fn(block, scratch) over the LaneBlocks of `count` rows (or columns) through parallel_for; each
-// task flushes subnormals and owns one default-constructed Scratch.
+// Runs fn(task, scratch) for task = 0..num_tasks-1 through parallel_for; each range of tasks flushes
+// subnormals and owns one default-constructed Scratch.
+template <typename Scratch, typename ParallelFor, typename F>
+void for_each_task(int64_t num_tasks, ParallelFor&& parallel_for, F&& fn) {
+  parallel_for(num_tasks, [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
+    Scratch scratch;
+    for (int64_t task = begin; task < end; ++task) fn(task, scratch);
+  });
+}
+
+// for_each_task over the LaneBlocks of `count` rows (or columns): fn(block, scratch).
 template <typename T, typename Scratch = VecBuffer<T>, typename ParallelFor, typename F>
 void for_each_lane_block(int64_t count, ParallelFor&& parallel_for, F&& fn) {
   constexpr int L = kLanes<T>;
-  parallel_for(num_blocks(count, L), [&](int64_t begin, int64_t end) {
-    const FlushSubnormals flush;
-    Scratch scratch;
-    for (int64_t b = begin; b < end; ++b) fn(LaneBlock{b * L, std::min<int64_t>(L, count - b * L)}, scratch);
+  for_each_task<Scratch>(num_blocks(count, L), parallel_for, [&](int64_t b, Scratch& scratch) {
+    fn(LaneBlock{b * L, std::min<int64_t>(L, count - b * L)}, scratch);
   });
 }
 
@@ -709,15 +708,12 @@ void mixture_logdensity_forward(const T* z, const T* mu, const T* logvar, int64_
                                 ParallelFor&& parallel_for) {
   const ComponentTable<T> comp(mu, logvar, K, D, parallel_for);
   const int64_t blocks = detail::num_blocks(M, kLanes<T>), group = detail::forward_group(blocks);
-  parallel_for(detail::num_blocks(blocks, group), [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t g = begin; g < end; ++g) {
-      const int64_t first = g * group;
-      detail::forward_blocks(z, M, K, D, comp, weights, first, std::min(group, blocks - first), log_qz, log_qzd,
-                             scratch);
-    }
-  });
+  detail::for_each_task<detail::VecBuffer<T>>(
+      detail::num_blocks(blocks, group), parallel_for, [&](int64_t g, detail::VecBuffer<T>& scratch) {
+        const int64_t first = g * group;
+        detail::forward_blocks(z, M, K, D, comp, weights, first, std::min(group, blocks - first), log_qz, log_qzd,
+                               scratch);
+      });
 }
 
 // grad_logw may be null unless Weights is DenseWeights. Only components 0..grad_components-1 get
@@ -741,16 +737,13 @@ void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z
   T* const pz = plan.column_tiles > 1 ? partial_z.data() : grad_z;
   T* const pmu = plan.row_tiles > 1 ? partial_mu.data() : grad_mu;
   T* const plv = plan.row_tiles > 1 ? partial_mu.data() + plan.row_tiles * owned * D : grad_logvar;
-  parallel_for(plan.row_tiles * plan.column_tiles, [&](int64_t begin, int64_t end) {
-    const detail::FlushSubnormals flush;
-    detail::VecBuffer<T> scratch;
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t r = t / plan.column_tiles, c = t % plan.column_tiles;
-      const bool own_rows = plan.row_tiles > 1;
-      sweep.tile(r, c, pz + (plan.column_tiles > 1 ? c * M * D : 0), pmu + (own_rows ? r * owned * D : 0),
-                 plv + (own_rows ? r * owned * D : 0), scratch);
-    }
-  });
+  detail::for_each_task<detail::VecBuffer<T>>(
+      plan.row_tiles * plan.column_tiles, parallel_for, [&](int64_t t, detail::VecBuffer<T>& scratch) {
+        const int64_t r = t / plan.column_tiles, c = t % plan.column_tiles;
+        const bool own_rows = plan.row_tiles > 1;
+        sweep.tile(r, c, pz + (plan.column_tiles > 1 ? c * M * D : 0), pmu + (own_rows ? r * owned * D : 0),
+                   plv + (own_rows ? r * owned * D : 0), scratch);
+      });
   if (M == 0) {  // no queries, no tiles: the owned components' gradients are 0
     std::fill(grad_mu, grad_mu + owned * D, T(0));
     std::fill(grad_logvar, grad_logvar + owned * D, T(0));
@@ -781,7 +774,7 @@ void mixture_logdensity_backward(const T* grad_qz, const T* grad_qzd, const T* z
       }
     }
   };
-  if (z_tasks + mu_tasks > 1) {
+  if (z_tasks + mu_tasks > 1) {  // one task needs no parallel region
     parallel_for(z_tasks + mu_tasks, add_tasks);
   } else {
     add_tasks(0, z_tasks + mu_tasks);
