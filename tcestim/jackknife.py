@@ -39,8 +39,8 @@ and target in float64 from those sums and the big terms, recomputed here from th
 same formulas as above with the big terms in place of the ``TOP_TERMS`` largest. Every small term
 is at most 1/64 of what any pair's series is expanded around, so the series (8 terms) err by less
 than 1e-13 relative. Gradients: both kernels have hand-written backward kernels (the power sums': a
-Horner polynomial per cube element in the mixture's two backward sweeps; the estimate's: per row);
-the big and own terms are differentiated here.
+Horner polynomial per cube element in two sweeps, over query blocks and over component blocks; the
+estimate's: per row); the big and own terms are differentiated here.
 """
 from __future__ import annotations
 

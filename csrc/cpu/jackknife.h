@@ -6,7 +6,7 @@
 // once. Its sum (of the others but the first largest) sets the threshold at the end; on the way, a
 // term surely below it (below 1/64 of a lower bound of that sum: the sum so far, or the sum over the
 // first kPrefix components, swept once before) goes into the power sums, and the few others are
-// logged and classified when the sum is known. Backward: the same two sweeps as the mixture's backward
+// logged and classified when the sum is known. Backward: two sweeps, each recomputing the cube
 // (query blocks for grad_z, component blocks for grad_mu and grad_logvar, the latter for the
 // components 0..grad_components-1 only), with the weight of term k of target r
 //   W = sum_q q g[r,q] u[k]^q   (small terms; big terms and the own component weigh 0),
