@@ -1,5 +1,6 @@
 // The fused CPU kernels alone, no torch: serial forward and backward time of the mixture
-// log-density at one size, for every instruction set this CPU supports (csrc/cpu/kernel_table.h).
+// log-density at one size, for every instruction set this CPU supports (csrc/cpu/kernel_table.h),
+// and of the jackknife's sums (the same z as queries, the K components as the others).
 //
 //   kernel_time [M K D [GRAD_COMPONENTS]]   ->  one JSON line per instruction set
 //
@@ -49,6 +50,10 @@ int main(int argc, char** argv) {
     logvar[k] = uniform(gen);
   }
   for (int64_t k = 0; k < M * D; ++k) z[k] = mu[k] + normal(gen) * std::exp(0.5f * logvar[k]);
+  const int64_t R = D + 1;
+  std::vector<float> shift(M * R), threshold(M * R), power_sums(M * R * tcestim::kJackknifeSeries);
+  std::vector<float> g_power_sums(M * R * tcestim::kJackknifeSeries, 1.0f / M);
+  std::vector<int64_t> big_index(M * R * tcestim::kJackknifeMaxBig), big_count(M * R);
   const double n = 60000;
   const double log_self = -std::log(n), log_other = std::log((n - 1) / (n * (M - 1 > 0 ? M - 1 : 1)));
   const tcestim::cpu::ParallelFor serial = [](int64_t tasks, const std::function<void(int64_t, int64_t)>& fn) {
@@ -63,19 +68,29 @@ int main(int argc, char** argv) {
     const tcestim::BackwardArgs<float> bwd{g_qz.data(), g_qzd.data(), z.data(), mu.data(), logvar.data(), nullptr,
                                            log_qz.data(), log_qzd.data(), M, K, D, log_self, log_other, log_other,
                                            owned, grad_z.data(), grad_mu.data(), grad_logvar.data(), nullptr};
-    double forward_s = 1e30, backward_s = 1e30;
+    const tcestim::JackknifeArgs<float> jk{z.data(), mu.data(), logvar.data(), M, K, D, shift.data(),
+                                           threshold.data(), big_index.data(), big_count.data(), power_sums.data()};
+    const tcestim::JackknifeBackwardArgs<float> jk_bwd{g_power_sums.data(), z.data(), mu.data(), logvar.data(),
+                                                       shift.data(), threshold.data(), M, K, D, owned,
+                                                       grad_z.data(), grad_mu.data(), grad_logvar.data()};
+    double best[4] = {1e30, 1e30, 1e30, 1e30};
     for (int trial = 0; trial < 7; ++trial) {
-      auto start = std::chrono::steady_clock::now();
-      kernels.forward(fwd, serial);
-      forward_s = std::min(forward_s, seconds_since(start));
-      start = std::chrono::steady_clock::now();
-      kernels.backward(bwd, serial);
-      backward_s = std::min(backward_s, seconds_since(start));
+      const std::function<void()> calls[4] = {[&] { kernels.forward(fwd, serial); },
+                                              [&] { kernels.backward(bwd, serial); },
+                                              [&] { kernels.jackknife_forward(jk, serial); },
+                                              [&] { kernels.jackknife_backward(jk_bwd, serial); }};
+      for (int c = 0; c < 4; ++c) {
+        const auto start = std::chrono::steady_clock::now();
+        calls[c]();
+        best[c] = std::min(best[c], seconds_since(start));
+      }
     }
     std::printf("{\"isa\": \"%s\", \"M\": %lld, \"K\": %lld, \"D\": %lld, \"grad_components\": %lld, "
-                "\"forward_ms\": %.3f, \"backward_ms\": %.3f}\n",
+                "\"forward_ms\": %.3f, \"backward_ms\": %.3f, \"jackknife_forward_ms\": %.3f, "
+                "\"jackknife_backward_ms\": %.3f}\n",
                 tcestim::cpu::isa_name(isa), static_cast<long long>(M), static_cast<long long>(K),
-                static_cast<long long>(D), static_cast<long long>(owned), forward_s * 1e3, backward_s * 1e3);
+                static_cast<long long>(D), static_cast<long long>(owned), best[0] * 1e3, best[1] * 1e3,
+                best[2] * 1e3, best[3] * 1e3);
   }
   return 0;
 }

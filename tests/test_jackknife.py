@@ -267,6 +267,88 @@ def test_fused_jackknife_equals_the_pytorch_implementation(backend, dtype):
         torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
+def rising_inputs(B=16, K=6000, D=7, seed=5):
+    """Queries 30 apart in every dimension, each with its own run of bank components (every B-th)
+    that comes nearer with the index (mu - z from 6 down to 0): past the first 1024 components (the
+    CPU kernel's prefix, which sets its first reference and bound) every target's terms rise by 10 bits
+    or more, and each new term of a query exceeds 1/64 of all its earlier ones."""
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    z = 30.0 * torch.arange(B, dtype=torch.float64)[:, None] + 0.05 * randn(B, D)
+    k = torch.arange(B, K)
+    bank = z[k % B] + 6 * (1 - k.double() / K)[:, None] + 0.01 * randn(K - B, D)
+    return z, torch.cat([z + 0.1 * randn(B, D), bank]), 0.1 * randn(K, D)
+
+
+def naive_jackknife_sums(z, mu, logvar):
+    """(shift, log2_threshold, big mask (M, K, R), power sums) of kernel_args.h's JackknifeArgs, in
+    float64 from the whole cube of terms."""
+    M = z.shape[0]
+    c = (-0.5 * math.log(2 * math.pi) - 0.5 * logvar - 0.5 * (z[:, None] - mu) ** 2 / logvar.exp()) / math.log(2)
+    x = torch.cat([c.sum(-1, keepdim=True), c], -1)  # (M, K, R), base 2
+    x[torch.arange(M), torch.arange(M)] = -math.inf
+    shift = x.max(1).values
+    u = torch.exp2(x - shift[:, None])
+    threshold = torch.log2((u.sum(1) - 1) / 64)
+    big = x - shift[:, None] > threshold[:, None]
+    small = torch.where(big, 0.0, u)
+    return shift, threshold, big, torch.stack([(small ** q).sum(1) for q in range(1, 9)], -1)
+
+
+def assert_jackknife_sums_equal_naive(z, mu, logvar, dtype):
+    """The CPU kernel's jackknife_sums on (z, mu, logvar) cast to dtype against naive_jackknife_sums
+    of the same (rounded) inputs: shift, threshold, counts, the listed big terms, power sums."""
+    z, mu, logvar = (t.to(dtype).double() for t in (z, mu, logvar))
+    shift, threshold, big, power_sums = naive_jackknife_sums(z, mu, logvar)
+    got = torch.ops.tcestim.jackknife_sums(*(t.to(dtype) for t in (z, mu, logvar)))
+    close = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(got[0].double(), shift, **close)
+    torch.testing.assert_close(got[1].double(), threshold, **close)
+    torch.testing.assert_close(got[3], big.sum(1))
+    listed = torch.zeros_like(big)
+    rows, targets, slots = (got[2] >= 0).nonzero(as_tuple=True)
+    listed[rows, got[2][rows, targets, slots], targets] = True
+    assert torch.equal(listed, big)
+    torch.testing.assert_close(got[4].double(), power_sums, **close)
+    return shift, threshold, big
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jackknife_sums_with_a_largest_term_among_many(backend, dtype):
+    """Wide posteriors, a bank of 2000: thousands of comparable terms, so the largest is at most 1/64
+    of the others and goes into the sums as it passes (the kernel then takes it out of the threshold's
+    sum at the end) in most rows; over the prefix of 1024, so the running bounds are used as well."""
+    if backend.device != "cpu":
+        pytest.skip("the fused jackknife sums are CPU kernels")
+    _, threshold, _ = assert_jackknife_sums_equal_naive(*bank_inputs(16, 2000, 4, seed=8, std=3.0), dtype)
+    assert float((threshold > 0).double().mean()) > 0.9  # the others but the largest: over 64 times it
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_jackknife_when_later_components_rise(backend, dtype):
+    """On rising_inputs the kernel raises its reference and rescales its sums many times, and logs
+    nearly every term as a candidate big one (over 16 384 entries per block of queries: the log is
+    pruned). Its sums equal the float64 ones of the whole cube, and the estimate's values and
+    gradients the PyTorch implementation's, to rounding."""
+    if backend.device != "cpu":
+        pytest.skip("the fused jackknife sums are CPU kernels")
+    z, mu, logvar = rising_inputs()
+    rounded = [t.to(dtype).double() for t in (z, mu, logvar)]
+    prefix_max = naive_jackknife_sums(rounded[0], rounded[1][:1024], rounded[2][:1024])[0]
+    shift, _, big = assert_jackknife_sums_equal_naive(z, mu, logvar, dtype)
+    assert bool((shift - prefix_max > 10).all())  # past the prefix
+    assert bool((big.sum(1)[:, 0] > 0).all())  # the joint: about 30 big terms per query
+
+    # (With n = 5999 others the second-order extrapolation weights are about 2e7: the PyTorch
+    # implementation's float64 rounding shows at 1e-7 relative.)
+    values, want = on_backend_and_fallback(backend, dtype, z, mu, logvar, 50_000)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    for name, g, w in zip(("log_qz", "log_qzd", "grad z", "grad mu", "grad logvar"), values, want):
+        torch.testing.assert_close(g, w, **tol, msg=lambda m, name=name: f"{name}: {m}")
+
+
 def test_fused_jackknife_gradcheck_float64(backend):
     """Through the power sums' backward kernel: 70 others, 7-32 of them big, the rest in the power sums.
     (eps = 1e-5: the extrapolation weights, about 3e3 here, amplify rounding to 1e-12 in the values.)"""

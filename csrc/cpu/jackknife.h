@@ -61,42 +61,44 @@ inline Vec<T> jackknife_weight(Vec<T> x, Vec<T> shift, Vec<T> log2_threshold, co
 }
 
 // The forward's candidate big terms. A term goes into the power sums as it passes when
-// u <= kAbsorbed * (a lower bound of the sum of the others but the largest): it is then below the final
-// threshold by 1e-4 relative, more than the rounding of exp2 and of the threshold in float (1e-5), and
-// the final test x - m > log2_threshold finds it small as well. The others (candidates) are logged
-// until the sum is known. At most 1 / kAbsorbed + 1 per target stand above the bound at any time, so
-// the log, when full, is pruned against the current bounds.
+// u <= limit, kAbsorbed times a lower bound of the sum of the others but the largest: it is then below
+// the final threshold by 1e-4 relative, more than the rounding of exp2, of the rescalings and of the
+// threshold in float (1e-5), and the final test x - m > log2_threshold finds it small as well. The
+// others (candidates) are logged until the sum is known. At most 1 / kAbsorbed + 1 per target stand
+// above the bound at any time, so the log, when full, is pruned against the current bounds.
 constexpr double kAbsorbed = kJackknifeBigFraction * (1 - 1e-4);
+// Two lower bounds of that sum: the sum over the first kPrefix components but their largest, swept
+// once before, and the running sum of the terms absorbed so far, divided by 1 + kJackknifeBigFraction
+// (it may hold the largest term, which was then at most that fraction of it). Without the prefix
+// nearly every early term would be a candidate; with it, 4352 components, D = 32: 10 logged per target
+// (512 components) or 3 (1024, the fastest: the prefix's two sweeps cost less than the candidates).
+constexpr int64_t kPrefix = 1024;
+constexpr double kAbsorbedOfRunning = kAbsorbed / (1 + kJackknifeBigFraction);
 constexpr int64_t kLogCapacity = 16384;  // entries before the first pruning
-// The sum over the first kPrefix components bounds the final one from the start: without it every
-// early term would be a candidate (4352 components, D = 8: 60 per target; with it 8).
-constexpr int64_t kPrefix = 512;
-// Pass 2 forms the terms of kChunk components, then goes through them target by target (the target's
-// sums in registers, the bound updated once per chunk).
+// The sweep forms the terms of kChunk components, then goes through them target by target (the
+// target's sums in registers, the bounds updated once per chunk).
 constexpr int64_t kChunk = 16;
+// The sweep takes u = 2^(x - s) against a reference s, as the maximum m is known only at its end: the
+// prefix's maximum, raised to a chunk's maximum where that lies more than kAboveReference above s (so
+// u <= 2^8 and u^8 <= 2^64). At the end the sums are rescaled by 2^(q (s - m)), s <= m <= s + 8.
+constexpr int kAboveReference = 8;
 
 template <typename T>
 struct Candidate {
   int64_t j;       // component
   int32_t target;  // lane * R + r
-  T diff, u;       // x - m, 2^(x - m)
+  T x;             // the term, base 2
 };
 
-// The first largest term of target r in lane `lane` is component j.
-struct Largest {
-  int64_t j, r;
-  int lane;
-};
-
-// Per task of jackknife_forward: vector scratch, the candidate log, the power sums of the candidates
-// found small, the big terms' counts and the first largest terms by component.
+// Per task of jackknife_forward: vector scratch, the candidate log, and per lane and target (L, R)
+// the candidates' sum relative to m and whether the first largest was among them.
 template <typename T>
 struct JackknifeScratch {
   VecBuffer<T> vectors;
   std::vector<Candidate<T>> log;
-  std::vector<Largest> largest;
-  std::vector<T> small;        // (L, R, kSeries)
-  std::vector<int64_t> count;  // (L, R)
+  std::vector<double> candidates;
+  std::vector<char> largest_logged;
+  std::vector<int64_t> count;
 };
 
 // Adds u^1..u^8 to the power sums ps, the products as a tree (three multiplications deep, not seven).
@@ -120,31 +122,24 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   using V = Vec<T>;
   using Bits = typename Simd<T>::Bits;
   using BitWord = typename tcestim::detail::Exp2Constants<T>::Bits;
-  static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
+  using Mask = decltype(V{} > V{});
   static_assert(sizeof(Bits) == sizeof(V), "index vectors share the scratch");
+  static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
   constexpr int L = kLanes<T>;
   const int64_t M = a.M, K = a.K, D = a.D, R = D + 1;
-  V* __restrict zt = scratch.vectors.reserve(2 * D + R * (kChunk + 5 + kSeries));
+  V* __restrict zt = scratch.vectors.reserve(2 * D + kChunk + R * (kChunk + 6 + kSeries));
   V* __restrict cbuf = zt + D;
-  V* __restrict x = cbuf + D;  // (kChunk, R): the terms of a chunk of components
+  V* __restrict u = cbuf + D;     // (kChunk): one target's 2^(x - s) in the current chunk
+  V* __restrict x = u + kChunk;   // (kChunk, R): the terms of a chunk of components
   V* __restrict max = x + kChunk * R;
-  V* __restrict sum = max + R;  // of the other terms but the (first) largest, relative to it
-  V* __restrict bound = sum + R;  // kAbsorbed * the sum over the prefix
-  V* __restrict ps = bound + R;  // (R, kSeries)
-  Bits* __restrict largest = reinterpret_cast<Bits*>(ps + R * kSeries);  // the first largest's component
-  Bits* __restrict first = largest + R;  // bit jj of a lane: the current chunk's term jj is its first largest
+  V* __restrict ref = max + R;    // s (-inf until a finite term was seen)
+  V* __restrict sum = ref + R;    // of the absorbed terms, relative to s
+  V* __restrict bound = sum + R;  // kAbsorbed * the prefix's sum but its largest, relative to s
+  V* __restrict ps = bound + R;   // (R, kSeries), relative to s
+  Bits* __restrict largest = reinterpret_cast<Bits*>(ps + R * kSeries);  // the prefix's first largest
   const V zero = broadcast(T(0)), absorbed = broadcast(static_cast<T>(kAbsorbed));
+  const V of_running = broadcast(static_cast<T>(kAbsorbedOfRunning)), above = broadcast(T(kAboveReference));
   gather_transposed(a.z, rows, M, D, zt);
-  for (int64_t r = 0; r < R; ++r) {
-    max[r] = broadcast(kNegInf<T>);
-    sum[r] = zero;
-    largest[r] = Bits{} + BitWord(K);  // none: all -inf
-  }
-  for (int64_t k = 0; k < R * kSeries; ++k) ps[k] = zero;
-  scratch.log.clear();
-  scratch.log.reserve(kLogCapacity);
-  scratch.small.assign(static_cast<size_t>(L) * R * kSeries, T(0));
-  scratch.count.assign(static_cast<size_t>(L) * R, 0);
 
   // out[0] the joint, out[1 + d] the marginals of component j (the own component: -inf).
   auto terms = [&](int64_t j, V* __restrict out) {
@@ -160,9 +155,19 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     }
     out[0] = lw + csum;
   };
+  // The terms of components j0..j0+n-1 into x.
+  auto chunk = [&](int64_t j0, int64_t n) {
+    for (int64_t jj = 0; jj < n; ++jj) terms(j0 + jj, x + jj * R);
+  };
 
-  // Pass 1: the maxima and where each first occurs.
-  for (int64_t j = 0; j < K; ++j) {
+  // The prefix: its maximum (the first reference) and first largest, then its sum but that largest.
+  const int64_t prefix = std::min(K, kPrefix);
+  for (int64_t r = 0; r < R; ++r) {
+    max[r] = broadcast(kNegInf<T>);
+    largest[r] = Bits{} + BitWord(K);  // none: all -inf
+    sum[r] = zero;
+  }
+  for (int64_t j = 0; j < prefix; ++j) {
     terms(j, x);
     const Bits index = Bits{} + BitWord(j);
     for (int64_t r = 0; r < R; ++r) {
@@ -171,106 +176,164 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
       max[r] = larger ? x[r] : max[r];
     }
   }
-  for (int64_t r = 0; r < R; ++r) max[r] = finite_or_zero<T>(max[r]);
-  // Where the first largest of each lane and target is, by component (at most one per lane and target).
-  scratch.largest.clear();
-  for (int64_t r = 0; r < R; ++r) {
-    first[r] = Bits{};
-    for (int l = 0; l < L; ++l) {
-      if (largest[r][l] < static_cast<BitWord>(K)) {
-        scratch.largest.push_back(Largest{static_cast<int64_t>(largest[r][l]), r, l});
+  for (int64_t j0 = 0; j0 < prefix; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, prefix - j0);
+    chunk(j0, n);
+    for (int64_t r = 0; r < R; ++r) {
+      const V s = finite_or_zero<T>(max[r]);
+      V total = sum[r];
+      for (int64_t jj = 0; jj < n; ++jj) {
+        const V v = vexp2<T>(x[jj * R + r] - s);
+        total += (Bits{} + BitWord(j0 + jj)) == largest[r] ? zero : v;
       }
+      sum[r] = total;
     }
   }
-  std::sort(scratch.largest.begin(), scratch.largest.end(),
-            [](const Largest& p, const Largest& q) { return p.j < q.j; });
+  for (int64_t r = 0; r < R; ++r) {
+    ref[r] = max[r];
+    bound[r] = absorbed * sum[r];
+    sum[r] = zero;
+    for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = zero;
+  }
 
-  // Absorbs the logged candidates that fell below their target's current bound.
+  // Raises each target's bound with its logged candidates (all terms so far but the largest, less a
+  // rounding allowance, bound the final sum: the running sum alone leaves them out, and where nearly
+  // every term is a candidate it stays small), then absorbs the candidates that fell below the bounds.
   auto prune = [&] {
+    scratch.candidates.assign(static_cast<size_t>(L) * R, 0.0);
+    for (const Candidate<T>& c : scratch.log) {
+      const int l = c.target / R;
+      const T s = ref[c.target % R][l];
+      scratch.candidates[c.target] += fast_exp2<double>(static_cast<double>(c.x) - static_cast<double>(s));
+    }
+    for (int64_t r = 0; r < R; ++r) {
+      for (int l = 0; l < rows.valid; ++l) {
+        if (ref[r][l] == kNegInf<T>) continue;
+        const double all = sum[r][l] + scratch.candidates[l * R + r];
+        const double lower = all - fast_exp2<double>(static_cast<double>(max[r][l]) - ref[r][l]) - all * 0x1p-20;
+        bound[r][l] = std::max(bound[r][l], static_cast<T>(kAbsorbed * std::max(lower, 0.0)));
+      }
+    }
     size_t kept = 0;
     for (const Candidate<T>& c : scratch.log) {
       const int l = c.target / R;
       const int64_t r = c.target % R;
-      if (!(c.u > std::max(static_cast<T>(kAbsorbed) * sum[r][l], bound[r][l]))) {
-        add_powers<T>(scratch.small.data() + c.target * kSeries, c.u);
+      const T v = fast_exp2<T>(c.x - (ref[r][l] == kNegInf<T> ? T(0) : ref[r][l]));
+      if (!(v > std::max(static_cast<T>(kAbsorbedOfRunning) * sum[r][l], bound[r][l]))) {
+        T p = v;
+        for (int64_t q = 0; q < kSeries; ++q, p *= v) ps[r * kSeries + q][l] += p;
+        sum[r][l] += v;
       } else {
         scratch.log[kept++] = c;
       }
     }
     scratch.log.resize(kept);
   };
-  size_t capacity = kLogCapacity;
-  // Components [0, end): u = 2^(x - m) into sum (but the first largest) and, with Collect, the
-  // terms surely small into the power sums and the others into the log.
-  auto sweep = [&](int64_t end, auto collect) {
-    size_t next = 0;  // the first largest terms not yet reached
-    for (int64_t j0 = 0; j0 < end; j0 += kChunk) {
-      const int64_t n = std::min(kChunk, end - j0);
-      for (int64_t jj = 0; jj < n; ++jj) terms(j0 + jj, x + jj * R);
-      // The first largest of a target is no other term: out of the sums, a candidate (u = 1) all the same.
-      for (; next < scratch.largest.size() && scratch.largest[next].j < j0 + n; ++next) {
-        const Largest& e = scratch.largest[next];
-        x[(e.j - j0) * R + e.r][e.lane] = kNegInf<T>;
-        first[e.r][e.lane] |= BitWord(1) << (e.j - j0);
-      }
-      for (int64_t r = 0; r < R; ++r) {
-        const V m = max[r];
-        V total = sum[r], acc[kSeries];
-        // The sum so far bounds the final one: for the whole chunk, a comparison per term.
-        const V limit = vmax<T>(absorbed * total, bound[r]);
-        Bits kept = first[r];  // bit jj of a lane: the chunk's term jj is a candidate there
-        first[r] = Bits{};
-        for (int64_t q = 0; q < kSeries; ++q) acc[q] = ps[r * kSeries + q];
-        for (int64_t jj = 0; jj < n; ++jj) {
-          const V u = vexp2<T>(x[jj * R + r] - m);
-          total += u;
-          if (!decltype(collect)::value) continue;
-          const auto keep = u > limit;
-          kept |= reinterpret_cast<const Bits&>(keep) & (Bits{} + (BitWord(1) << jj));
-          add_powers<V>(acc, keep ? zero : u);
-        }
-        sum[r] = total;
-        for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = acc[q];
-        if (!decltype(collect)::value || !any_lane(kept)) continue;
-        for (int l = 0; l < rows.valid; ++l) {
-          for (BitWord bits = kept[l]; bits != 0; bits &= bits - 1) {
-            const int jj = __builtin_ctzll(bits);
-            const T diff = static_cast<BitWord>(j0 + jj) == largest[r][l] ? T(0) : x[jj * R + r][l] - m[l];
-            scratch.log.push_back(Candidate<T>{j0 + jj, static_cast<int32_t>(l * R + r), diff, fast_exp2<T>(diff)});
-          }
-        }
-      }
-      if (decltype(collect)::value && scratch.log.size() >= capacity) {
-        prune();
-        capacity = std::max<size_t>(kLogCapacity, 2 * scratch.log.size());
-      }
-    }
-  };
-  // The prefix's sums, for the bound; then pass 2.
-  sweep(std::min(K, kPrefix), std::false_type{});
-  for (int64_t r = 0; r < R; ++r) {
-    bound[r] = absorbed * sum[r];
-    sum[r] = zero;
-  }
-  sweep(K, std::true_type{});
 
-  // The thresholds, then each candidate either listed as big (in the order of j) or added to the power sums.
-  bool overflow[L] = {};
-  for (int l = 0; l < rows.valid; ++l) {
-    const int64_t i = rows.first + l;
+  // The sweep: u = 2^(x - s) of every term once; those surely small into the sum and the power sums,
+  // the others into the log.
+  scratch.log.clear();
+  scratch.log.reserve(kLogCapacity);
+  size_t capacity = kLogCapacity;
+  for (int64_t j0 = 0; j0 < K; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, K - j0);
+    chunk(j0, n);
     for (int64_t r = 0; r < R; ++r) {
-      const T t = std::max(static_cast<T>(std::log2(kJackknifeBigFraction * static_cast<double>(sum[r][l]))),
-                           kThresholdFloor<T>);
-      a.shift[i * R + r] = max[r][l];
-      a.log2_threshold[i * R + r] = t;
-      std::fill_n(a.big_index + (i * R + r) * kJackknifeMaxBig, kJackknifeMaxBig, int64_t(-1));
+      V top = x[r];
+      for (int64_t jj = 1; jj < n; ++jj) top = vmax<T>(top, x[jj * R + r]);
+      max[r] = vmax<T>(max[r], top);
+      const auto raise = top > ref[r] + above;
+      if (any_lane(raise)) {
+        const V raised = raise ? top : ref[r];
+        const V scale = vexp2<T>(ref[r] - raised);  // 0 where ref was -inf (the sums were 0 there)
+        sum[r] *= scale;
+        bound[r] *= scale;
+        V p = scale;
+        for (int64_t q = 0; q < kSeries; ++q, p *= scale) ps[r * kSeries + q] *= p;
+        ref[r] = raised;
+      }
+      const V s = finite_or_zero<T>(ref[r]);
+      const V limit = vmax<T>(of_running * sum[r], bound[r]);
+      V total = sum[r], acc[kSeries];
+      Mask any{};
+      for (int64_t q = 0; q < kSeries; ++q) acc[q] = ps[r * kSeries + q];
+      for (int64_t jj = 0; jj < n; ++jj) {
+        const V v = vexp2<T>(x[jj * R + r] - s);
+        const auto keep = v > limit;
+        any |= keep;
+        const V small = keep ? zero : v;
+        total += small;
+        add_powers<V>(acc, small);
+        u[jj] = v;
+      }
+      sum[r] = total;
+      for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = acc[q];
+      if (!any_lane(any)) continue;
+      // Bit jj of a lane: the chunk's term jj is a candidate there.
+      Bits kept{};
+      for (int64_t jj = 0; jj < n; ++jj) {
+        const auto keep = u[jj] > limit;
+        kept |= reinterpret_cast<const Bits&>(keep) & (Bits{} + (BitWord(1) << jj));
+      }
+      for (int l = 0; l < rows.valid; ++l) {
+        for (BitWord bits = kept[l]; bits != 0; bits &= bits - 1) {
+          const int jj = __builtin_ctzll(bits);
+          scratch.log.push_back(Candidate<T>{j0 + jj, static_cast<int32_t>(l * R + r), x[jj * R + r][l]});
+        }
+      }
+    }
+    if (scratch.log.size() >= capacity) {
+      prune();
+      capacity = std::max<size_t>(kLogCapacity, 2 * scratch.log.size());
     }
   }
+
+  // The sum of the others but the first largest, relative to m: the absorbed terms' rescaled, plus the
+  // candidates' but the first at m; less 1 if that was absorbed (it then was at most 1/64 of the sum).
+  scratch.candidates.assign(static_cast<size_t>(L) * R, 0.0);
+  scratch.largest_logged.assign(static_cast<size_t>(L) * R, 0);
+  scratch.count.assign(static_cast<size_t>(L) * R, 0);
+  for (int64_t r = 0; r < R; ++r) max[r] = finite_or_zero<T>(max[r]);
+  for (const Candidate<T>& c : scratch.log) {
+    const int l = c.target / R;
+    const T m = max[c.target % R][l];
+    if (c.x == m && !scratch.largest_logged[c.target]) {
+      scratch.largest_logged[c.target] = 1;
+    } else {
+      scratch.candidates[c.target] += fast_exp2<double>(static_cast<double>(c.x) - static_cast<double>(m));
+    }
+  }
+  double rescale[L][kSeries];  // per lane of the current target: 2^(q (s - m)), q = 1..kSeries
+  for (int64_t r = 0; r < R; ++r) {
+    for (int l = 0; l < rows.valid; ++l) {
+      const int64_t i = rows.first + l, t = l * R + r;
+      const double m = max[r][l];
+      const bool seen = ref[r][l] != kNegInf<T>;  // some finite term
+      const double f = seen ? fast_exp2<double>(static_cast<double>(ref[r][l]) - m) : 0.0;
+      double others = sum[r][l] * f + scratch.candidates[t];
+      if (seen && !scratch.largest_logged[t]) others -= 1;
+      a.shift[i * R + r] = max[r][l];
+      a.log2_threshold[i * R + r] =
+          std::max(static_cast<T>(std::log2(kJackknifeBigFraction * others)), kThresholdFloor<T>);
+      std::fill_n(a.big_index + (i * R + r) * kJackknifeMaxBig, kJackknifeMaxBig, int64_t(-1));
+      double p = f;
+      for (int64_t q = 0; q < kSeries; ++q, p *= f) rescale[l][q] = p;
+      for (int64_t q = 0; q < kSeries; ++q) {
+        a.power_sums[(i * R + r) * kSeries + q] = static_cast<T>(ps[r * kSeries + q][l] * rescale[l][q]);
+      }
+    }
+  }
+  // Each candidate either listed as big (in the order of j) or added to the power sums.
+  bool overflow[L] = {};
   for (const Candidate<T>& c : scratch.log) {
     const int l = c.target / R;
     const int64_t r = c.target % R, i = rows.first + l;
-    if (!(c.diff > a.log2_threshold[i * R + r])) {
-      add_powers<T>(scratch.small.data() + c.target * kSeries, c.u);
+    const T diff = c.x - max[r][l];
+    if (!(diff > a.log2_threshold[i * R + r])) {
+      T* out = a.power_sums + (i * R + r) * kSeries;
+      const T v = fast_exp2<T>(diff);
+      T p = v;
+      for (int64_t q = 0; q < kSeries; ++q, p *= v) out[q] += p;
     } else if (scratch.count[c.target] == kJackknifeMaxBig) {
       overflow[l] = true;  // cannot happen (see kJackknifeMaxBig); NaN rather than a wrong value
     } else {
@@ -281,10 +344,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     const int64_t i = rows.first + l;
     for (int64_t r = 0; r < R; ++r) {
       a.big_count[i * R + r] = scratch.count[l * R + r];
-      for (int64_t q = 0; q < kSeries; ++q) {
-        const T sum = ps[r * kSeries + q][l] + scratch.small[(l * R + r) * kSeries + q];
-        a.power_sums[(i * R + r) * kSeries + q] = overflow[l] ? std::numeric_limits<T>::quiet_NaN() : sum;
-      }
+      if (!overflow[l]) continue;
+      std::fill_n(a.power_sums + (i * R + r) * kSeries, kSeries, std::numeric_limits<T>::quiet_NaN());
     }
   }
 }

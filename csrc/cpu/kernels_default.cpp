@@ -8,6 +8,9 @@
 #include <limits>
 #include <new>
 #include <vector>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #define TCESTIM_ISA isa_default
 #if defined(__x86_64__)

@@ -33,7 +33,7 @@
 #include "isa.h"
 
 #if defined(__SSE__) || defined(__x86_64__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #define TCESTIM_HAVE_MXCSR 1
 #endif
 
@@ -329,15 +329,26 @@ constexpr int64_t kRun = 32;
 // The forward's chunks of components: a chunk's terms (kForwardChunk x D vectors) stay in L1.
 constexpr int64_t kForwardChunk = 16;
 
-// True if any lane of a comparison's result is set.
+// True if any lane of a comparison's result is set: one test instruction on x86 (the portable
+// version compiles to a chain of extracts and ors there).
 template <typename Mask>
 inline bool any_lane(Mask mask) {
-  static_assert(sizeof(Mask) % sizeof(uint64_t) == 0, "mask of whole 64-bit words");
+  static_assert(sizeof(Mask) == kVectorBytes, "a comparison's result: one vector");
+#if defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 64
+  const __m512i m = reinterpret_cast<__m512i>(mask);
+  return _mm512_test_epi32_mask(m, m) != 0;
+#elif defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 32
+  const __m256i m = reinterpret_cast<__m256i>(mask);
+  return !_mm256_testz_si256(m, m);
+#elif defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 16
+  return _mm_movemask_epi8(reinterpret_cast<__m128i>(mask)) != 0;
+#else
   uint64_t words[sizeof(Mask) / sizeof(uint64_t)];
   std::memcpy(words, &mask, sizeof(Mask));
   uint64_t any = 0;
   for (uint64_t w : words) any |= w;
   return any != 0;
+#endif
 }
 
 // Raises a running maximum to `candidate` where that is larger and rescales the running sum of
