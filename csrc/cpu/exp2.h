@@ -81,13 +81,14 @@ inline V exp2_fraction(V f, double) {
 
 // S is float or double; V is S itself or a vector of S (GCC vector extension); B is the matching
 // unsigned integer scalar or vector of the same size.
-template <typename S, typename V, typename B>
+// ClampHigh = false: for x known to be at most C::kHighest (or NaN), the same values without that clamp.
+template <typename S, typename V, typename B, bool ClampHigh = true>
 inline V fast_exp2(V x) {
   using C = detail::Exp2Constants<S>;
   const V lowest = detail::splat<V>(C::kLowest), highest = detail::splat<V>(C::kHighest);
   const V magic = detail::splat<V>(C::kRoundMagic);
   x = x < lowest ? lowest : x;  // comparisons with NaN are false: NaN passes through
-  x = x > highest ? highest : x;
+  if (ClampHigh) x = x > highest ? highest : x;
   const V shifted = x + magic;
   const V rounded = shifted - magic;
   const V fraction = x - rounded;

@@ -1,12 +1,13 @@
 // The jackknife's sums inside the fused CPU kernels (no torch headers): see JackknifeArgs in
 // kernel_args.h for what is computed, tcestim/jackknife.py for how the estimate is formed from it.
 //
-// Forward, per block of kLanes queries, the cube recomputed, never stored: pass 1 finds each target's
-// maximum m of the other terms and where it first occurs; pass 2 takes u = 2^(x - m) of every term
-// once. Its sum (of the others but the first largest) sets the threshold at the end; on the way, a
-// term surely below it (below 1/64 of a lower bound of that sum: the sum so far, or the sum over the
-// first kPrefix components, swept once before) goes into the power sums, and the few others are
-// logged and classified when the sum is known. Backward: two sweeps, each recomputing the cube
+// Forward, per block of kLanes queries, the cube recomputed, never stored: a sweep over the first
+// kPrefix components sums their terms for a lower bound of the final sum; then one sweep over all
+// components forms each term once and takes u = 2^(x - s) against a reference s near the running
+// maximum (the maximum m itself is known only at the end). A term surely below the final threshold
+// (below 1/64 of a lower bound of the sum of the others but the largest) goes into the running sum
+// and the power sums as it passes; the few others are logged and classified when the sum is known,
+// the sums rescaled from s to m. Backward: two sweeps, each recomputing the cube
 // (query blocks for grad_z, component blocks for grad_mu and grad_logvar, the latter for the
 // components 0..grad_components-1 only), with the weight of term k of target r
 //   W = sum_q q g[r,q] u[k]^q   (small terms; big terms and the own component weigh 0),
@@ -123,11 +124,10 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   using Bits = typename Simd<T>::Bits;
   using BitWord = typename tcestim::detail::Exp2Constants<T>::Bits;
   using Mask = decltype(V{} > V{});
-  static_assert(sizeof(Bits) == sizeof(V), "index vectors share the scratch");
   static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
   constexpr int L = kLanes<T>;
   const int64_t M = a.M, K = a.K, D = a.D, R = D + 1;
-  V* __restrict zt = scratch.vectors.reserve(2 * D + kChunk + R * (kChunk + 6 + kSeries));
+  V* __restrict zt = scratch.vectors.reserve(2 * D + kChunk + R * (kChunk + 5 + kSeries));
   V* __restrict cbuf = zt + D;
   V* __restrict u = cbuf + D;     // (kChunk): one target's 2^(x - s) in the current chunk
   V* __restrict x = u + kChunk;   // (kChunk, R): the terms of a chunk of components
@@ -136,8 +136,7 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   V* __restrict sum = ref + R;    // of the absorbed terms, relative to s
   V* __restrict bound = sum + R;  // kAbsorbed * the prefix's sum but its largest, relative to s
   V* __restrict ps = bound + R;   // (R, kSeries), relative to s
-  Bits* __restrict largest = reinterpret_cast<Bits*>(ps + R * kSeries);  // the prefix's first largest
-  const V zero = broadcast(T(0)), absorbed = broadcast(static_cast<T>(kAbsorbed));
+  const V zero = broadcast(T(0));
   const V of_running = broadcast(static_cast<T>(kAbsorbedOfRunning)), above = broadcast(T(kAboveReference));
   gather_transposed(a.z, rows, M, D, zt);
 
@@ -160,40 +159,55 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     for (int64_t jj = 0; jj < n; ++jj) terms(j0 + jj, x + jj * R);
   };
 
-  // The prefix: its maximum (the first reference) and first largest, then its sum but that largest.
-  const int64_t prefix = std::min(K, kPrefix);
+  // Takes a chunk's maximum `top` of target r into its running maximum and, where top lies more than
+  // kAboveReference above the reference, raises the reference to it and rescales the sums.
+  auto reach = [&](int64_t r, V top) {
+    max[r] = vmax<T>(max[r], top);
+    const auto raise = top > ref[r] + above;
+    if (!any_lane(raise)) return;
+    const V raised = raise ? top : ref[r];
+    // 1 where not raised (-inf - -inf would be NaN), 0 where ref was -inf (the sums were 0 there)
+    const V scale = raise ? vexp2<T>(ref[r] - top) : broadcast(T(1));
+    sum[r] *= scale;
+    bound[r] *= scale;
+    V p = scale;
+    for (int64_t q = 0; q < kSeries; ++q, p *= scale) ps[r * kSeries + q] *= p;
+    ref[r] = raised;
+  };
+  auto chunk_maximum = [&](int64_t r, int64_t n) {
+    V top = x[r];
+    for (int64_t jj = 1; jj < n; ++jj) top = vmax<T>(top, x[jj * R + r]);
+    return top;
+  };
   for (int64_t r = 0; r < R; ++r) {
-    max[r] = broadcast(kNegInf<T>);
-    largest[r] = Bits{} + BitWord(K);  // none: all -inf
-    sum[r] = zero;
+    max[r] = ref[r] = broadcast(kNegInf<T>);
+    sum[r] = bound[r] = zero;
+    for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = zero;
   }
-  for (int64_t j = 0; j < prefix; ++j) {
-    terms(j, x);
-    const Bits index = Bits{} + BitWord(j);
-    for (int64_t r = 0; r < R; ++r) {
-      const auto larger = x[r] > max[r];
-      largest[r] = larger ? index : largest[r];
-      max[r] = larger ? x[r] : max[r];
-    }
-  }
+
+  // The prefix: the sum of its terms, then less its largest and a rounding allowance (at most
+  // kPrefix roundings of the sum, each within epsilon, and exp2's), a lower bound of the final sum.
+  const int64_t prefix = std::min(K, kPrefix);
   for (int64_t j0 = 0; j0 < prefix; j0 += kChunk) {
     const int64_t n = std::min(kChunk, prefix - j0);
     chunk(j0, n);
     for (int64_t r = 0; r < R; ++r) {
-      const V s = finite_or_zero<T>(max[r]);
+      reach(r, chunk_maximum(r, n));
+      const V s = finite_or_zero<T>(ref[r]);
       V total = sum[r];
-      for (int64_t jj = 0; jj < n; ++jj) {
-        const V v = vexp2<T>(x[jj * R + r] - s);
-        total += (Bits{} + BitWord(j0 + jj)) == largest[r] ? zero : v;
-      }
+      for (int64_t jj = 0; jj < n; ++jj) total += vexp2_not_above_highest<T>(x[jj * R + r] - s);
       sum[r] = total;
     }
   }
+  const double allowance = 2.0 * kPrefix * std::numeric_limits<T>::epsilon();
   for (int64_t r = 0; r < R; ++r) {
-    ref[r] = max[r];
-    bound[r] = absorbed * sum[r];
+    for (int l = 0; l < L; ++l) {
+      if (ref[r][l] == kNegInf<T>) continue;
+      const double all = sum[r][l];
+      const double lower = all - fast_exp2<double>(static_cast<double>(max[r][l]) - ref[r][l]) - all * allowance;
+      bound[r][l] = static_cast<T>(kAbsorbed * std::max(lower, 0.0));
+    }
     sum[r] = zero;
-    for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = zero;
   }
 
   // Raises each target's bound with its logged candidates (all terms so far but the largest, less a
@@ -239,26 +253,14 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     const int64_t n = std::min(kChunk, K - j0);
     chunk(j0, n);
     for (int64_t r = 0; r < R; ++r) {
-      V top = x[r];
-      for (int64_t jj = 1; jj < n; ++jj) top = vmax<T>(top, x[jj * R + r]);
-      max[r] = vmax<T>(max[r], top);
-      const auto raise = top > ref[r] + above;
-      if (any_lane(raise)) {
-        const V raised = raise ? top : ref[r];
-        const V scale = vexp2<T>(ref[r] - raised);  // 0 where ref was -inf (the sums were 0 there)
-        sum[r] *= scale;
-        bound[r] *= scale;
-        V p = scale;
-        for (int64_t q = 0; q < kSeries; ++q, p *= scale) ps[r * kSeries + q] *= p;
-        ref[r] = raised;
-      }
+      reach(r, chunk_maximum(r, n));
       const V s = finite_or_zero<T>(ref[r]);
       const V limit = vmax<T>(of_running * sum[r], bound[r]);
       V total = sum[r], acc[kSeries];
       Mask any{};
       for (int64_t q = 0; q < kSeries; ++q) acc[q] = ps[r * kSeries + q];
       for (int64_t jj = 0; jj < n; ++jj) {
-        const V v = vexp2<T>(x[jj * R + r] - s);
+        const V v = vexp2_not_above_highest<T>(x[jj * R + r] - s);  // x - s <= kAboveReference
         const auto keep = v > limit;
         any |= keep;
         const V small = keep ? zero : v;

@@ -74,6 +74,12 @@ inline Vec<T> vexp2(Vec<T> x) {
   return fast_exp2<T, Vec<T>, typename Simd<T>::Bits>(x);
 }
 
+// vexp2 of x <= 127 (float; 1023 double) or NaN, one comparison less.
+template <typename T>
+inline Vec<T> vexp2_not_above_highest(Vec<T> x) {
+  return fast_exp2<T, Vec<T>, typename Simd<T>::Bits, false>(x);
+}
+
 template <typename T>
 inline Vec<T> broadcast(T s) {
   return detail::splat<Vec<T>>(s);
