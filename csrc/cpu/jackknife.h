@@ -68,11 +68,12 @@ inline Vec<T> jackknife_weight(Vec<T> x, Vec<T> shift, Vec<T> log2_threshold, co
 // others (candidates) are logged until the sum is known. At most 1 / kAbsorbed + 1 per target stand
 // above the bound at any time, so the log, when full, is pruned against the current bounds.
 constexpr double kAbsorbed = kJackknifeBigFraction * (1 - 1e-4);
-// Two lower bounds of that sum: the sum over the first kPrefix components but their largest, swept
-// once before, and the running sum of the terms absorbed so far, divided by 1 + kJackknifeBigFraction
-// (it may hold the largest term, which was then at most that fraction of it). Without the prefix
-// nearly every early term would be a candidate; with it, 4352 components, D = 32: 10 logged per target
-// (512 components) or 3 (1024, the fastest: the prefix's two sweeps cost less than the candidates).
+// Lower bounds of that sum: the sum over the first kPrefix components but their largest, swept once
+// before, then the sum of all terms so far but the largest (raised whenever candidates are logged),
+// and the running sum of the terms absorbed so far divided by 1 + kJackknifeBigFraction (it may hold
+// the largest term, which was then at most that fraction of it). Without the prefix nearly every
+// early term would be a candidate; 1024 components measured fastest (4352 components, D = 8 and 32:
+// 512 and 2048 slower).
 constexpr int64_t kPrefix = 1024;
 constexpr double kAbsorbedOfRunning = kAbsorbed / (1 + kJackknifeBigFraction);
 constexpr int64_t kLogCapacity = 16384;  // entries before the first pruning
@@ -88,6 +89,7 @@ template <typename T>
 struct Candidate {
   int64_t j;       // component
   int32_t target;  // lane * R + r
+  int32_t lane;
   T x;             // the term, base 2
 };
 
@@ -133,10 +135,12 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   V* __restrict x = u + kChunk;   // (kChunk, R): the terms of a chunk of components
   V* __restrict max = x + kChunk * R;
   V* __restrict ref = max + R;    // s (-inf until a finite term was seen)
-  V* __restrict sum = ref + R;    // of the absorbed terms, relative to s
-  V* __restrict bound = sum + R;  // kAbsorbed * the prefix's sum but its largest, relative to s
-  V* __restrict ps = bound + R;   // (R, kSeries), relative to s
-  const V zero = broadcast(T(0));
+  V* __restrict bound = ref + R;  // kAbsorbed * a lower bound of the final sum (see below), relative to s
+  V* __restrict logged = bound + R;  // the logged candidates' sum, relative to s
+  // (R, kSeries), relative to s: the power sums of the absorbed terms (the first, their running sum);
+  // in the prefix's sweep the first holds the prefix's sum.
+  V* __restrict ps = logged + R;
+  const V zero = broadcast(T(0)), absorbed = broadcast(static_cast<T>(kAbsorbed));
   const V of_running = broadcast(static_cast<T>(kAbsorbedOfRunning)), above = broadcast(T(kAboveReference));
   gather_transposed(a.z, rows, M, D, zt);
 
@@ -168,8 +172,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     const V raised = raise ? top : ref[r];
     // 1 where not raised (-inf - -inf would be NaN), 0 where ref was -inf (the sums were 0 there)
     const V scale = raise ? vexp2<T>(ref[r] - top) : broadcast(T(1));
-    sum[r] *= scale;
     bound[r] *= scale;
+    logged[r] *= scale;
     V p = scale;
     for (int64_t q = 0; q < kSeries; ++q, p *= scale) ps[r * kSeries + q] *= p;
     ref[r] = raised;
@@ -181,12 +185,16 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   };
   for (int64_t r = 0; r < R; ++r) {
     max[r] = ref[r] = broadcast(kNegInf<T>);
-    sum[r] = bound[r] = zero;
+    bound[r] = logged[r] = zero;
     for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = zero;
   }
 
-  // The prefix: the sum of its terms, then less its largest and a rounding allowance (at most
-  // kPrefix roundings of the sum, each within epsilon, and exp2's), a lower bound of the final sum.
+  // The lower bounds of the final sum (of the others but the largest) from sums of terms seen so far:
+  // their sum less the largest so far, less a rounding allowance (kPrefix roundings of the sum, each
+  // within epsilon, and exp2's; for the longer sums of the sweep, a typical error, sqrt(K) epsilon,
+  // lies far below it).
+  const double allowance = 2.0 * kPrefix * std::numeric_limits<T>::epsilon();
+  // The prefix: the sum of its terms.
   const int64_t prefix = std::min(K, kPrefix);
   for (int64_t j0 = 0; j0 < prefix; j0 += kChunk) {
     const int64_t n = std::min(kChunk, prefix - j0);
@@ -194,49 +202,33 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     for (int64_t r = 0; r < R; ++r) {
       reach(r, chunk_maximum(r, n));
       const V s = finite_or_zero<T>(ref[r]);
-      V total = sum[r];
+      V total = ps[r * kSeries];
       for (int64_t jj = 0; jj < n; ++jj) total += vexp2_not_above_highest<T>(x[jj * R + r] - s);
-      sum[r] = total;
+      ps[r * kSeries] = total;
     }
   }
-  const double allowance = 2.0 * kPrefix * std::numeric_limits<T>::epsilon();
   for (int64_t r = 0; r < R; ++r) {
     for (int l = 0; l < L; ++l) {
       if (ref[r][l] == kNegInf<T>) continue;
-      const double all = sum[r][l];
+      const double all = ps[r * kSeries][l];
       const double lower = all - fast_exp2<double>(static_cast<double>(max[r][l]) - ref[r][l]) - all * allowance;
       bound[r][l] = static_cast<T>(kAbsorbed * std::max(lower, 0.0));
     }
-    sum[r] = zero;
+    ps[r * kSeries] = zero;
   }
 
-  // Raises each target's bound with its logged candidates (all terms so far but the largest, less a
-  // rounding allowance, bound the final sum: the running sum alone leaves them out, and where nearly
-  // every term is a candidate it stays small), then absorbs the candidates that fell below the bounds.
+  // Raises the bounds with the logged candidates (the running sum alone leaves them out: where nearly
+  // every term is a candidate it stays small), then absorbs the candidates that fell below them.
   auto prune = [&] {
-    scratch.candidates.assign(static_cast<size_t>(L) * R, 0.0);
-    for (const Candidate<T>& c : scratch.log) {
-      const int l = c.target / R;
-      const T s = ref[c.target % R][l];
-      scratch.candidates[c.target] += fast_exp2<double>(static_cast<double>(c.x) - static_cast<double>(s));
-    }
-    for (int64_t r = 0; r < R; ++r) {
-      for (int l = 0; l < rows.valid; ++l) {
-        if (ref[r][l] == kNegInf<T>) continue;
-        const double all = sum[r][l] + scratch.candidates[l * R + r];
-        const double lower = all - fast_exp2<double>(static_cast<double>(max[r][l]) - ref[r][l]) - all * 0x1p-20;
-        bound[r][l] = std::max(bound[r][l], static_cast<T>(kAbsorbed * std::max(lower, 0.0)));
-      }
-    }
     size_t kept = 0;
     for (const Candidate<T>& c : scratch.log) {
-      const int l = c.target / R;
-      const int64_t r = c.target % R;
-      const T v = fast_exp2<T>(c.x - (ref[r][l] == kNegInf<T> ? T(0) : ref[r][l]));
-      if (!(v > std::max(static_cast<T>(kAbsorbedOfRunning) * sum[r][l], bound[r][l]))) {
+      const int64_t r = c.target - c.lane * R;
+      const T v = fast_exp2<T>(c.x - finite_or_zero<T>(ref[r])[c.lane]);
+      const T sum = ps[r * kSeries][c.lane];
+      if (!(v > std::max(static_cast<T>(kAbsorbedOfRunning) * sum, bound[r][c.lane]))) {
         T p = v;
-        for (int64_t q = 0; q < kSeries; ++q, p *= v) ps[r * kSeries + q][l] += p;
-        sum[r][l] += v;
+        for (int64_t q = 0; q < kSeries; ++q, p *= v) ps[r * kSeries + q][c.lane] += p;
+        logged[r][c.lane] -= v;
       } else {
         scratch.log[kept++] = c;
       }
@@ -255,8 +247,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     for (int64_t r = 0; r < R; ++r) {
       reach(r, chunk_maximum(r, n));
       const V s = finite_or_zero<T>(ref[r]);
-      const V limit = vmax<T>(of_running * sum[r], bound[r]);
-      V total = sum[r], acc[kSeries];
+      const V limit = vmax<T>(of_running * ps[r * kSeries], bound[r]);
+      V acc[kSeries];
       Mask any{};
       for (int64_t q = 0; q < kSeries; ++q) acc[q] = ps[r * kSeries + q];
       for (int64_t jj = 0; jj < n; ++jj) {
@@ -264,25 +256,30 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
         const auto keep = v > limit;
         any |= keep;
         const V small = keep ? zero : v;
-        total += small;
         add_powers<V>(acc, small);
         u[jj] = v;
       }
-      sum[r] = total;
       for (int64_t q = 0; q < kSeries; ++q) ps[r * kSeries + q] = acc[q];
       if (!any_lane(any)) continue;
       // Bit jj of a lane: the chunk's term jj is a candidate there.
       Bits kept{};
+      V added = zero;
       for (int64_t jj = 0; jj < n; ++jj) {
         const auto keep = u[jj] > limit;
         kept |= reinterpret_cast<const Bits&>(keep) & (Bits{} + (BitWord(1) << jj));
+        added += keep ? u[jj] : zero;
       }
       for (int l = 0; l < rows.valid; ++l) {
         for (BitWord bits = kept[l]; bits != 0; bits &= bits - 1) {
           const int jj = __builtin_ctzll(bits);
-          scratch.log.push_back(Candidate<T>{j0 + jj, static_cast<int32_t>(l * R + r), x[jj * R + r][l]});
+          scratch.log.push_back(Candidate<T>{j0 + jj, static_cast<int32_t>(l * R + r), l, x[jj * R + r][l]});
         }
       }
+      // The sum of all terms so far but the largest bounds the final one from below.
+      logged[r] += added;
+      const V all = ps[r * kSeries] + logged[r];
+      const V lower = all - vexp2<T>(max[r] - s) - all * static_cast<T>(allowance);
+      bound[r] = vmax<T>(bound[r], absorbed * vmax<T>(lower, zero));
     }
     if (scratch.log.size() >= capacity) {
       prune();
@@ -297,8 +294,7 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   scratch.count.assign(static_cast<size_t>(L) * R, 0);
   for (int64_t r = 0; r < R; ++r) max[r] = finite_or_zero<T>(max[r]);
   for (const Candidate<T>& c : scratch.log) {
-    const int l = c.target / R;
-    const T m = max[c.target % R][l];
+    const T m = max[c.target - c.lane * R][c.lane];
     if (c.x == m && !scratch.largest_logged[c.target]) {
       scratch.largest_logged[c.target] = 1;
     } else {
@@ -312,7 +308,7 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
       const double m = max[r][l];
       const bool seen = ref[r][l] != kNegInf<T>;  // some finite term
       const double f = seen ? fast_exp2<double>(static_cast<double>(ref[r][l]) - m) : 0.0;
-      double others = sum[r][l] * f + scratch.candidates[t];
+      double others = ps[r * kSeries][l] * f + scratch.candidates[t];
       if (seen && !scratch.largest_logged[t]) others -= 1;
       a.shift[i * R + r] = max[r][l];
       a.log2_threshold[i * R + r] =
@@ -328,8 +324,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   // Each candidate either listed as big (in the order of j) or added to the power sums.
   bool overflow[L] = {};
   for (const Candidate<T>& c : scratch.log) {
-    const int l = c.target / R;
-    const int64_t r = c.target % R, i = rows.first + l;
+    const int l = c.lane;
+    const int64_t r = c.target - l * R, i = rows.first + l;
     const T diff = c.x - max[r][l];
     if (!(diff > a.log2_threshold[i * R + r])) {
       T* out = a.power_sums + (i * R + r) * kSeries;
