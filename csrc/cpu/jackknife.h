@@ -129,9 +129,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
   constexpr int L = kLanes<T>;
   const int64_t M = a.M, K = a.K, D = a.D, R = D + 1;
-  V* __restrict zt = scratch.vectors.reserve(2 * D + kChunk + R * (kChunk + 5 + kSeries));
-  V* __restrict cbuf = zt + D;
-  V* __restrict u = cbuf + D;     // (kChunk): one target's 2^(x - s) in the current chunk
+  V* __restrict zt = scratch.vectors.reserve(D + kChunk + R * (kChunk + 5 + kSeries));
+  V* __restrict u = zt + D;       // (kChunk): one target's 2^(x - s) in the current chunk
   V* __restrict x = u + kChunk;   // (kChunk, R): the terms of a chunk of components
   V* __restrict max = x + kChunk * R;
   V* __restrict ref = max + R;    // s (-inf until a finite term was seen)
@@ -145,22 +144,32 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   gather_transposed(a.z, rows, M, D, zt);
 
   // out[0] the joint, out[1 + d] the marginals of component j (the own component: -inf).
-  auto terms = [&](int64_t j, V* __restrict out) {
-    const V lw = own.rows(rows, M, j);
+  // with_weights false: no own component in the chunk, so every weight is 1 (jackknife_own_weights:
+  // log2_other = 0) and is left out.
+  auto terms = [&](int64_t j, V* __restrict out, auto with_weights) {
     const T* mu = comp.mu + j * D;
     const T* quad = comp.quadratic.data() + j * D;
     const T* off = comp.offset.data() + j * D;
+    const V lw = decltype(with_weights)::value ? own.rows(rows, M, j) : zero;
     V csum = zero;
     for (int64_t d = 0; d < D; ++d) {
-      cbuf[d] = jackknife_term<T>(zt[d], broadcast(mu[d]), broadcast(quad[d]), broadcast(off[d]));
-      csum += cbuf[d];
-      out[1 + d] = lw + cbuf[d];
+      const V c = jackknife_term<T>(zt[d], broadcast(mu[d]), broadcast(quad[d]), broadcast(off[d]));
+      csum += c;
+      out[1 + d] = decltype(with_weights)::value ? lw + c : c;
     }
-    out[0] = lw + csum;
+    out[0] = decltype(with_weights)::value ? lw + csum : csum;
   };
   // The terms of components j0..j0+n-1 into x.
   auto chunk = [&](int64_t j0, int64_t n) {
-    for (int64_t jj = 0; jj < n; ++jj) terms(j0 + jj, x + jj * R);
+    V lw;
+    const bool uniform = own.uniform_rows(rows, j0, n, &lw);
+    for (int64_t jj = 0; jj < n; ++jj) {
+      if (uniform) {
+        terms(j0 + jj, x + jj * R, std::false_type{});
+      } else {
+        terms(j0 + jj, x + jj * R, std::true_type{});
+      }
+    }
   };
 
   // Takes a chunk's maximum `top` of target r into its running maximum and, where top lies more than
