@@ -1,5 +1,6 @@
 """float32 gradients of the fused op against plain PyTorch's float32 autograd on the same inputs, both
-measured against a float64 NumPy reference: within 25% of PyTorch's error on VAE-like batches."""
+measured against a float64 NumPy reference: within 15% of PyTorch's error on VAE-like batches (measured
+2026-12-01: 0.66-1.12x; the worst, 1.12, is grad mu at D = 10 with the TC's upstream, from the joint)."""
 import math
 
 import numpy as np
@@ -74,4 +75,4 @@ def test_float32_gradients_as_accurate_as_plain_pytorch(cpu_isa, M, D, upstream)
     torch_err = relative_errors(plain_torch, inputs, g_qz, g_qzd, want)
     for name, mine, theirs in zip(("z", "mu", "logvar"), fused_err, torch_err):
         print(f"grad_{name}: fused {mine:.2e}, plain PyTorch {theirs:.2e}")
-        assert mine <= 1.25 * theirs, f"grad_{name}: fused {mine:.2e} vs plain PyTorch {theirs:.2e}"
+        assert mine <= 1.15 * theirs, f"grad_{name}: fused {mine:.2e} vs plain PyTorch {theirs:.2e}"
