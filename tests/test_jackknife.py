@@ -280,16 +280,19 @@ def rising_inputs(B=16, K=6000, D=7, seed=5):
     return z, torch.cat([z + 0.1 * randn(B, D), bank]), 0.1 * randn(K, D)
 
 
-def naive_jackknife_sums(z, mu, logvar):
+def naive_jackknife_sums(z, mu, logvar, floor=-1022.0):
     """(shift, log2_threshold, big mask (M, K, R), power sums) of kernel_args.h's JackknifeArgs, in
-    float64 from the whole cube of terms."""
+    float64 from the whole cube of terms; u below 2^floor counts as 0, as the kernel's exp2 flushes
+    it (floor = lowest + 1: -126 for float32, -1022 for float64)."""
     M = z.shape[0]
     c = (-0.5 * math.log(2 * math.pi) - 0.5 * logvar - 0.5 * (z[:, None] - mu) ** 2 / logvar.exp()) / math.log(2)
     x = torch.cat([c.sum(-1, keepdim=True), c], -1)  # (M, K, R), base 2
     x[torch.arange(M), torch.arange(M)] = -math.inf
     shift = x.max(1).values
     u = torch.exp2(x - shift[:, None])
-    threshold = torch.log2((u.sum(1) - 1) / 64)
+    u = torch.where(x - shift[:, None] < floor, 0.0, u)
+    others = u.scatter(1, x.argmax(1, keepdim=True), 0.0)  # all but the first largest (not sum - 1: rounding)
+    threshold = torch.log2(others.sum(1) / 64).clamp_min(floor)
     big = x - shift[:, None] > threshold[:, None]
     small = torch.where(big, 0.0, u)
     return shift, threshold, big, torch.stack([(small ** q).sum(1) for q in range(1, 9)], -1)
@@ -299,7 +302,8 @@ def assert_jackknife_sums_equal_naive(z, mu, logvar, dtype):
     """The CPU kernel's jackknife_sums on (z, mu, logvar) cast to dtype against naive_jackknife_sums
     of the same (rounded) inputs: shift, threshold, counts, the listed big terms, power sums."""
     z, mu, logvar = (t.to(dtype).double() for t in (z, mu, logvar))
-    shift, threshold, big, power_sums = naive_jackknife_sums(z, mu, logvar)
+    floor = -126.0 if dtype == torch.float32 else -1022.0
+    shift, threshold, big, power_sums = naive_jackknife_sums(z, mu, logvar, floor)
     got = torch.ops.tcestim.jackknife_sums(*(t.to(dtype) for t in (z, mu, logvar)))
     close = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(got[0].double(), shift, **close)
@@ -323,6 +327,26 @@ def test_jackknife_sums_with_a_largest_term_among_many(backend, dtype):
         pytest.skip("the fused jackknife sums are CPU kernels")
     _, threshold, _ = assert_jackknife_sums_equal_naive(*bank_inputs(16, 2000, 4, seed=8, std=3.0), dtype)
     assert float((threshold > 0).double().mean()) > 0.9  # the others but the largest: over 64 times it
+
+
+@pytest.mark.fused
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_jackknife_sums_after_a_raise_of_the_reference_past_the_exponent_range(backend, dtype):
+    """One query (D = 1): the prefix far away, then a chunk at level c (the sweep's reference), 976
+    terms at c + 7 (absorbed as they pass), then the largest at c + G, G = 130 bits (float32) or 1026
+    (float64): rescaling the absorbed sum by 2^-G flushes it to 0, yet relative to the largest those
+    terms (2^(7 - G)) lie above the threshold's floor and set the threshold. The kernel rescales in
+    two half steps; flushed, the threshold fell to the floor and all 976 counted as big (unlisted)."""
+    if backend.device != "cpu":
+        pytest.skip("the fused jackknife sums are CPU kernels")
+    gap = 130.0 if dtype == torch.float32 else 1026.0
+    at = lambda bits: math.sqrt(2 * bits / math.log2(math.e))  # noqa: E731  (distance of a level)
+    mu = torch.cat([torch.zeros(1), torch.full((1023,), 1e3), torch.full((16,), at(gap)),
+                    torch.full((976,), at(gap - 7)), torch.zeros(1)]).double()[:, None]
+    _, threshold, big = assert_jackknife_sums_equal_naive(torch.zeros(1, 1, dtype=torch.float64), mu,
+                                                          torch.zeros_like(mu), dtype)
+    assert bool((threshold > 7 - gap).all())  # the absorbed terms are small, and set the threshold
+    assert big.sum().item() == 2  # the largest, for the joint and the marginal
 
 
 @pytest.mark.fused

@@ -6,8 +6,8 @@
 // pattern with integer adds and shifts only (no float -> int conversion, which SSE2/AVX2 lack for
 // 64-bit lanes).
 //
-// Domain: x <= lowest exponent flushes to +0; x >= highest clamps (callers only pass x <= 0);
-// NaN propagates. This header includes no torch headers.
+// Domain: x <= lowest exponent flushes to +0; x >= highest clamps (ClampHigh = false leaves that out,
+// for callers whose x cannot exceed it); NaN propagates. This header includes no torch headers.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +88,7 @@ inline V fast_exp2(V x) {
   const V lowest = detail::splat<V>(C::kLowest), highest = detail::splat<V>(C::kHighest);
   const V magic = detail::splat<V>(C::kRoundMagic);
   x = x < lowest ? lowest : x;  // comparisons with NaN are false: NaN passes through
-  if (ClampHigh) x = x > highest ? highest : x;
+  if constexpr (ClampHigh) x = x > highest ? highest : x;
   const V shifted = x + magic;
   const V rounded = shifted - magic;
   const V fraction = x - rounded;

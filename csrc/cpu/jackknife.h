@@ -129,7 +129,7 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
   static_assert(kChunk <= 8 * static_cast<int64_t>(sizeof(BitWord)), "a lane's bit word holds a chunk");
   constexpr int L = kLanes<T>;
   const int64_t M = a.M, K = a.K, D = a.D, R = D + 1;
-  V* __restrict zt = scratch.vectors.reserve(D + kChunk + R * (kChunk + 5 + kSeries));
+  V* __restrict zt = scratch.vectors.reserve(D + kChunk + R * (kChunk + 4 + kSeries));
   V* __restrict u = zt + D;       // (kChunk): one target's 2^(x - s) in the current chunk
   V* __restrict x = u + kChunk;   // (kChunk, R): the terms of a chunk of components
   V* __restrict max = x + kChunk * R;
@@ -174,22 +174,26 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
 
   // Takes a chunk's maximum `top` of target r into its running maximum and, where top lies more than
   // kAboveReference above the reference, raises the reference to it and rescales the sums.
+  // The rescaling goes in two half steps: 2^(s - top) flushes to 0 from 127 bits (float) on, which
+  // would lose absorbed terms that still count (up to 8 above s, so from 119 bits below the new s on);
+  // halved, a sum is lost only where its rescaled value lies below 2^-126, under the threshold's floor.
   auto reach = [&](int64_t r, V top) {
-    max[r] = vmax<T>(max[r], top);
+    max[r] = top > max[r] ? top : max[r];
     const auto raise = top > ref[r] + above;
     if (!any_lane(raise)) return;
     const V raised = raise ? top : ref[r];
     // 1 where not raised (-inf - -inf would be NaN), 0 where ref was -inf (the sums were 0 there)
-    const V scale = raise ? vexp2<T>(ref[r] - top) : broadcast(T(1));
-    bound[r] *= scale;
-    logged[r] *= scale;
-    V p = scale;
-    for (int64_t q = 0; q < kSeries; ++q, p *= scale) ps[r * kSeries + q] *= p;
+    const V half = raise ? vexp2<T>((ref[r] - top) * T(0.5)) : broadcast(T(1));
+    bound[r] = bound[r] * half * half;
+    logged[r] = logged[r] * half * half;
+    V p = half;
+    for (int64_t q = 0; q < kSeries; ++q, p *= half) ps[r * kSeries + q] = ps[r * kSeries + q] * p * p;
     ref[r] = raised;
   };
+  // The largest of a chunk's terms of target r; NaN terms are passed over, as in max.
   auto chunk_maximum = [&](int64_t r, int64_t n) {
-    V top = x[r];
-    for (int64_t jj = 1; jj < n; ++jj) top = vmax<T>(top, x[jj * R + r]);
+    V top = broadcast(kNegInf<T>);
+    for (int64_t jj = 0; jj < n; ++jj) top = x[jj * R + r] > top ? x[jj * R + r] : top;
     return top;
   };
   for (int64_t r = 0; r < R; ++r) {
@@ -226,9 +230,10 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     ps[r * kSeries] = zero;
   }
 
-  // Raises the bounds with the logged candidates (the running sum alone leaves them out: where nearly
-  // every term is a candidate it stays small), then absorbs the candidates that fell below them.
+  // Absorbs the logged candidates that fell below the current bounds (raised since they were logged),
+  // and sums the others afresh.
   auto prune = [&] {
+    for (int64_t r = 0; r < R; ++r) logged[r] = zero;
     size_t kept = 0;
     for (const Candidate<T>& c : scratch.log) {
       const int64_t r = c.target - c.lane * R;
@@ -237,8 +242,8 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
       if (!(v > std::max(static_cast<T>(kAbsorbedOfRunning) * sum, bound[r][c.lane]))) {
         T p = v;
         for (int64_t q = 0; q < kSeries; ++q, p *= v) ps[r * kSeries + q][c.lane] += p;
-        logged[r][c.lane] -= v;
       } else {
+        logged[r][c.lane] += v;
         scratch.log[kept++] = c;
       }
     }

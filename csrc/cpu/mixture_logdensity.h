@@ -339,14 +339,15 @@ constexpr int64_t kSubRun = 8;
 constexpr int64_t kForwardChunk = 16;
 
 // True if any lane of a comparison's result is set: one test instruction on x86 (the portable
-// version compiles to a chain of extracts and ors there).
+// version compiles to a chain of extracts and ors there). The AVX intrinsics rely on GCC's
+// `#pragma GCC target` in kernels_avx2/avx512.cpp (clang ignores it: the portable version there).
 template <typename Mask>
 inline bool any_lane(Mask mask) {
   static_assert(sizeof(Mask) == kVectorBytes, "a comparison's result: one vector");
-#if defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 64
+#if defined(__x86_64__) && !defined(__clang__) && TCESTIM_VECTOR_BYTES == 64
   const __m512i m = reinterpret_cast<__m512i>(mask);
   return _mm512_test_epi32_mask(m, m) != 0;
-#elif defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 32
+#elif defined(__x86_64__) && !defined(__clang__) && TCESTIM_VECTOR_BYTES == 32
   const __m256i m = reinterpret_cast<__m256i>(mask);
   return !_mm256_testz_si256(m, m);
 #elif defined(__x86_64__) && TCESTIM_VECTOR_BYTES == 16
