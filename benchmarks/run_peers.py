@@ -58,8 +58,9 @@ DEFAULT_PEAK_CUBES = 10.0
 """Cubes assumed for a peer before any size of it has been measured in the run."""
 CONFIG_TIMEOUT_S = 600
 PYTHAE_BETA = 6.0
-LOADED = 0.5
-"""A 1-minute load average above LOADED x cores before or after the run marks it as loaded."""
+LOADED_CORES = 0.25
+"""Other processes keeping more than this many cores busy on average during the run mark it as loaded
+(machine_load.OthersCpu; the load average, which counts the run's own processes, did before)."""
 
 FAMILIES: Dict[str, Tuple[str, ...]] = {
     "pythae": ("pythae", "tcestim mss-legacy", "tcestim stratified"),
@@ -303,10 +304,13 @@ def report(meta: Dict[str, object], results) -> str:
            f"Machine: {meta['machine']}", "",
            f"Command: `{meta['command']}`", ""]
     if meta["loaded"]:
-        out += [f"**Loaded machine**: 1-minute load average {meta['load_before']:.2f} before and "
-                f"{meta['load_after']:.2f} after the run on {meta['cores']} cores: other work ran "
-                "alongside, so every time here is inflated (memory is not affected). Rerun the "
-                "command on a quiet machine for timings.", ""]
+        busy = (f"other processes kept {meta['others_cores']:.2f} of {meta['cores']} cores busy on average"
+                if "others_cores" in meta else  # results written before others' CPU was measured
+                f"1-minute load average {meta['load_before']:.2f} before and {meta['load_after']:.2f} after, "
+                f"on {meta['cores']} cores")
+        out += [f"**Loaded machine**: {busy} during the run: other work ran alongside, so every time "
+                "here is inflated (memory is not affected). Rerun the command on a quiet machine for "
+                "timings.", ""]
     if meta.get("note"):
         out += [f"Note: {meta['note']}", ""]
     out += [f"Packages: {', '.join(f'{k} {v}' for k, v in meta['packages'].items())}. "
@@ -371,7 +375,10 @@ def main(argv=None) -> None:
         version = available(family)
         if version is not None:
             packages[family] = version
-    results = run(sizes, args.d, args.cap_gb, args.threads)
+    from machine_load import OthersCpu
+
+    with OthersCpu() as others:
+        results = run(sizes, args.d, args.cap_gb, args.threads)
     load_after = os.getloadavg()[0]
     cores = os.cpu_count() or 1
     meta = {
@@ -380,8 +387,8 @@ def main(argv=None) -> None:
         "date": date, "platform": platform.platform(),
         "command": shlex.join(["python", "benchmarks/run_peers.py", *(sys.argv[1:] if argv is None else argv)]),
         "packages": packages, "sizes": list(sizes), "D": args.d, "N": N, "cap_gb": args.cap_gb,
-        "cores": cores, "load_before": load_before, "load_after": load_after,
-        "loaded": max(load_before, load_after) > LOADED * cores, "note": args.note,
+        "cores": cores, "load_before": load_before, "load_after": load_after, "others_cores": others.cores,
+        "loaded": others.cores > LOADED_CORES, "note": args.note,
     }
     text = report(meta, results)
     print(text)

@@ -31,6 +31,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import measure  # noqa: E402
+from machine_load import OthersCpu  # noqa: E402
 from report import Result, ratio  # noqa: E402
 from run_cpu import machine_line  # noqa: E402
 
@@ -73,32 +74,6 @@ def wait_for_quiet(max_load: float, wait_s: float) -> float:
         print(f"load {load_average():.2f} >= {max_load}: waiting", file=sys.stderr)
         time.sleep(20)
     return load_average()
-
-
-class OthersCpu:
-    """Average number of cores that other processes kept busy while the block ran."""
-
-    @staticmethod
-    def _busy_s() -> float:
-        with open("/proc/stat") as stat:
-            fields = [int(x) for x in stat.readline().split()[1:]]
-        idle = fields[3] + fields[4]  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-    @staticmethod
-    def _own_s() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    def __enter__(self):
-        self.start = (time.monotonic(), self._busy_s(), self._own_s())
-        return self
-
-    def __exit__(self, *exc):
-        wall, busy, own = (now - then for now, then in
-                           zip((time.monotonic(), self._busy_s(), self._own_s()), self.start))
-        self.cores = max(busy - own, 0.0) / wall
-        return False
 
 
 def measure_threads(threads: int, M: int, D: int) -> Result:
