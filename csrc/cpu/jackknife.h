@@ -159,26 +159,13 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     }
     out[0] = decltype(with_weights)::value ? lw + csum : csum;
   };
-  // The terms of components j0..j0+n-1 into x.
-  auto chunk = [&](int64_t j0, int64_t n) {
-    V lw;
-    const bool uniform = own.uniform_rows(rows, j0, n, &lw);
-    for (int64_t jj = 0; jj < n; ++jj) {
-      if (uniform) {
-        terms(j0 + jj, x + jj * R, std::false_type{});
-      } else {
-        terms(j0 + jj, x + jj * R, std::true_type{});
-      }
-    }
-  };
-
   // Takes a chunk's maximum `top` of target r into its running maximum and, where top lies more than
   // kAboveReference above the reference, raises the reference to it and rescales the sums.
   // The rescaling goes in two half steps: 2^(s - top) flushes to 0 from 127 bits (float) on, which
   // would lose absorbed terms that still count (up to 8 above s, so from 119 bits below the new s on);
   // halved, a sum is lost only where its rescaled value lies below 2^-126, under the threshold's floor.
   auto reach = [&](int64_t r, V top) {
-    max[r] = top > max[r] ? top : max[r];
+    max[r] = vmax<T>(top, max[r]);
     const auto raise = top > ref[r] + above;
     if (!any_lane(raise)) return;
     const V raised = raise ? top : ref[r];
@@ -190,11 +177,25 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     for (int64_t q = 0; q < kSeries; ++q, p *= half) ps[r * kSeries + q] = ps[r * kSeries + q] * p * p;
     ref[r] = raised;
   };
-  // The largest of a chunk's terms of target r; NaN terms are passed over, as in max.
+  // The largest of a chunk's terms of target r; NaN terms are passed over (vmax keeps its second
+  // argument then), as in max.
   auto chunk_maximum = [&](int64_t r, int64_t n) {
     V top = broadcast(kNegInf<T>);
-    for (int64_t jj = 0; jj < n; ++jj) top = x[jj * R + r] > top ? x[jj * R + r] : top;
+    for (int64_t jj = 0; jj < n; ++jj) top = vmax<T>(x[jj * R + r], top);
     return top;
+  };
+  // The terms of components j0..j0+n-1 into x, and every target's maximum and reference reach them.
+  auto chunk = [&](int64_t j0, int64_t n) {
+    V lw;
+    const bool uniform = own.uniform_rows(rows, j0, n, &lw);
+    for (int64_t jj = 0; jj < n; ++jj) {
+      if (uniform) {
+        terms(j0 + jj, x + jj * R, std::false_type{});
+      } else {
+        terms(j0 + jj, x + jj * R, std::true_type{});
+      }
+    }
+    for (int64_t r = 0; r < R; ++r) reach(r, chunk_maximum(r, n));
   };
   for (int64_t r = 0; r < R; ++r) {
     max[r] = ref[r] = broadcast(kNegInf<T>);
@@ -213,7 +214,6 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     const int64_t n = std::min(kChunk, prefix - j0);
     chunk(j0, n);
     for (int64_t r = 0; r < R; ++r) {
-      reach(r, chunk_maximum(r, n));
       const V s = finite_or_zero<T>(ref[r]);
       V total = ps[r * kSeries];
       for (int64_t jj = 0; jj < n; ++jj) total += vexp2_not_above_highest<T>(x[jj * R + r] - s);
@@ -259,7 +259,6 @@ void jackknife_forward_block(const JackknifeArgs<T>& a, const ComponentTable<T>&
     const int64_t n = std::min(kChunk, K - j0);
     chunk(j0, n);
     for (int64_t r = 0; r < R; ++r) {
-      reach(r, chunk_maximum(r, n));
       const V s = finite_or_zero<T>(ref[r]);
       const V limit = vmax<T>(of_running * ps[r * kSeries], bound[r]);
       V acc[kSeries];
